@@ -1,0 +1,25 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+pyro_discrete: gradient estimators for discrete latent variables in Pyro.
+
+Each estimator is an :class:`pyro.infer.ELBO` that consumes an ordinary
+model/guide pair::
+
+    svi = pyro.infer.SVI(model, guide, optim, loss=TraceScoreELBO(num_particles=8))
+"""
+
+from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
+from .core import DiscreteELBO
+from .expect import ExpectELBO
+from .score import TraceScoreELBO
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiscreteELBO",
+    "ExpectELBO",
+    "LeaveOneOutBaseline",
+    "MovingAverageBaseline",
+    "NoBaseline",
+    "TraceScoreELBO",
+]

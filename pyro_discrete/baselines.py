@@ -1,0 +1,161 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Baselines (control variates) for score-function estimators.
+
+A baseline ``b`` turns the score-function term ``∇log q(z) · c(z)`` into
+``∇log q(z) · (c(z) - b)``, which has the same expectation as long as ``b``
+does not depend on the sample ``z`` it multiplies. Every baseline here is kept
+per element of the plates of the site it serves (the cost ``c`` of a site in a
+data plate has one entry per data point), so it never mixes data points.
+
+* :class:`LeaveOneOutBaseline` -- for each particle, the mean cost of the
+  *other* particles ([1], "batch_average" in Storchastic).
+* :class:`MovingAverageBaseline` -- an exponential moving average of past
+  costs, one number per site, used *before* it is updated with the current
+  step's costs so that it is independent of the current samples.
+* :class:`NoBaseline`.
+
+**References**
+
+[1] `Buy 4 REINFORCE Samples, Get a Baseline for Free!`,
+    Wouter Kool, Herke van Hoof, Max Welling (ICLR 2019 workshop)
+
+[2] `Neural Variational Inference and Learning in Belief Networks`,
+    Andriy Mnih, Karol Gregor (ICML 2014)
+"""
+
+import torch
+
+__all__ = [
+    "BASELINE_NAMES",
+    "Baseline",
+    "LeaveOneOutBaseline",
+    "MovingAverageBaseline",
+    "NoBaseline",
+    "make_baseline",
+]
+
+
+class Baseline:
+    """
+    Interface of a baseline. ``__call__`` returns the baseline for a site's cost
+    (a detached tensor broadcastable to it, or ``0.``); :meth:`update` is called
+    afterwards, once per step that computes gradients.
+    """
+
+    #: whether the baseline needs at least two vectorized particles
+    needs_particles = False
+
+    def __call__(self, name, site, cost, particle_dim):
+        raise NotImplementedError
+
+    def update(self, name, site, cost):
+        pass
+
+
+class NoBaseline(Baseline):
+    """No baseline: the plain score-function (REINFORCE) estimator."""
+
+    def __call__(self, name, site, cost, particle_dim):
+        return 0.0
+
+    def __repr__(self):
+        return "NoBaseline()"
+
+
+class LeaveOneOutBaseline(Baseline):
+    r"""
+    Leave-one-out baseline over ``S`` vectorized particles [1]:
+
+    .. math::
+
+        b_s = \frac{1}{S-1} \sum_{s' \ne s} c_{s'},
+        \qquad c_s - b_s = \frac{S}{S-1} (c_s - \bar c),
+
+    computed separately for every element of the site's plates. Unbiased
+    because particles are independent.
+    """
+
+    needs_particles = True
+
+    def __call__(self, name, site, cost, particle_dim):
+        num_particles = cost.size(particle_dim)
+        return (cost.sum(particle_dim, keepdim=True) - cost) / (num_particles - 1)
+
+    def __repr__(self):
+        return "LeaveOneOutBaseline()"
+
+
+class MovingAverageBaseline(Baseline):
+    r"""
+    Exponential moving average of a site's cost per plate element,
+    :math:`b_{t+1} = \text{decay}\cdot b_t + (1-\text{decay})\cdot \bar c_t`,
+    one number per site. The baseline of step ``t`` is :math:`b_t`, computed
+    from earlier steps only, so the estimator stays unbiased (updating before
+    use would correlate the baseline with the current samples). The first step
+    uses no baseline.
+
+    The average is kept per element of the site's plates and with the
+    subsampling scale divided out, so it stays meaningful when the batch size
+    changes between steps or under ``pyro.plate(..., subsample_size=...)``;
+    the stored value is multiplied by the current scale when used.
+    """
+
+    def __init__(self, decay=0.9):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError("moving-average baseline: decay must be in [0, 1), got {}".format(decay))
+        self.decay = decay
+        self.averages = {}
+
+    @staticmethod
+    def _scale(site):
+        scale = site["scale"]
+        if torch.is_tensor(scale):
+            return None
+        scale = float(scale)
+        return scale if scale != 0.0 else None
+
+    def __call__(self, name, site, cost, particle_dim):
+        average = self.averages.get(name)
+        if average is None:
+            return 0.0
+        scale = self._scale(site)
+        return average if scale is None else average * scale
+
+    def update(self, name, site, cost):
+        scale = self._scale(site)
+        value = cost.mean() if scale is None else cost.mean() / scale
+        value = value.detach()
+        average = self.averages.get(name)
+        if average is None:
+            self.averages[name] = value
+        else:
+            self.averages[name] = self.decay * average + (1.0 - self.decay) * value
+
+    def __repr__(self):
+        return "MovingAverageBaseline(decay={})".format(self.decay)
+
+
+#: Names accepted by :func:`make_baseline`.
+BASELINE_NAMES = ("loo", "batch_average", "moving_average", "none", None)
+
+
+def make_baseline(spec, decay=0.9, owner="TraceScoreELBO"):
+    """
+    A :class:`Baseline` from a name: ``"loo"`` (alias ``"batch_average"``),
+    ``"moving_average"``, ``"none"`` / ``None``, or a :class:`Baseline`
+    instance, returned as is.
+    """
+    if isinstance(spec, Baseline):
+        return spec
+    if spec is None or spec == "none":
+        return NoBaseline()
+    if spec in ("loo", "batch_average"):
+        return LeaveOneOutBaseline()
+    if spec == "moving_average":
+        return MovingAverageBaseline(decay)
+    raise ValueError(
+        "{}: unknown baseline {!r}; use one of 'loo' (alias 'batch_average'), "
+        "'moving_average', 'none' or None, or a pyro_discrete.baselines.Baseline "
+        "instance".format(owner, spec)
+    )

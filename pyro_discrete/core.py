@@ -1,0 +1,356 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The machinery shared by every estimator in :mod:`pyro_discrete`.
+
+An estimator is split in two parts, as in the stochastic-computation-graph
+literature:
+
+* **how samples are drawn and weighted** -- the guide is run inside optional
+  handlers (:meth:`DiscreteELBO._guide_handlers`): plain sampling for the
+  score-function family, enumeration of the support for
+  :class:`~pyro_discrete.ExpectELBO`, relaxation for the Concrete estimator;
+* **how the surrogate is built** -- :meth:`DiscreteELBO._particle_loss_and_surrogate`
+  turns one (vectorized) pair of traces into the value of ``-ELBO`` and a
+  surrogate loss whose gradient is the estimator.
+
+This module runs the traces (particles vectorized in an outermost plate, as
+:class:`pyro.infer.Trace_ELBO` does with ``vectorize_particles=True``), checks
+that the model and guide match, and computes for every guide sample site the
+cost it can influence, kept per particle and per element of the plates the site
+lives in (plate-level Rao-Blackwellization, [1]). With
+``track_dependencies=True`` the cost of a site is further restricted to the
+terms whose value depends on it, found by provenance tracking as in
+:class:`pyro.infer.TraceGraph_ELBO` [2].
+
+**References**
+
+[1] `Gradient Estimation Using Stochastic Computation Graphs`,
+    John Schulman, Nicolas Heess, Theophane Weber, Pieter Abbeel (2015)
+
+[2] `Nonstandard Interpretations of Probabilistic Programs for Efficient Inference`,
+    David Wingate, Noah Goodman, Andreas Stuhlmüller, Jeffrey Siskind (2011)
+"""
+
+from collections import defaultdict
+
+import torch
+from pyro.distributions.util import is_identically_zero
+from pyro.infer.elbo import ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.tracegraph_elbo import TrackNonReparam
+from pyro.infer.util import MultiFrameTensor, torch_item
+from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.util import warn_if_nan
+
+__all__ = [
+    "DiscreteELBO",
+    "PARTICLE_PLATE",
+    "check_model_guide",
+    "estimator_error",
+    "sample_sites",
+    "score_function_sites",
+    "site_costs",
+    "site_scale",
+]
+
+#: Name of the plate that :class:`pyro.infer.ELBO` adds for vectorized particles.
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+def sample_sites(trace):
+    """Yields ``(name, site)`` for the sample sites of a trace, subsample sites excluded."""
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
+            yield name, site
+
+
+def score_function_sites(guide_trace):
+    """
+    The guide sites that need a score-function (or other non-pathwise) gradient:
+    those whose ``score_parts.score_function`` is not identically zero, i.e.
+    whose distribution has no ``rsample``.
+    """
+    return [
+        (name, site)
+        for name, site in sample_sites(guide_trace)
+        if not site["is_observed"]
+        and not is_identically_zero(site["score_parts"].score_function)
+    ]
+
+
+def site_costs(model_trace, guide_trace, names, track_dependencies=False):
+    """
+    The cost that each named guide site can influence, per particle and per
+    element of the site's plates.
+
+    The cost is the site's share of ``-ELBO = log q(z) - log p(x, z)``: every
+    model and guide log-probability term (already scaled by subsampling and
+    masked, as Pyro computes them) is summed over the plates that the guide site
+    is *not* in and kept per element of the plates it *is* in. Terms in other
+    elements of the site's plates are conditionally independent of it and are
+    left out, which is what makes these estimators usable with data plates.
+    With ``track_dependencies`` only the terms whose value depends on the site
+    (by provenance, as in :class:`~pyro.infer.TraceGraph_ELBO`) are kept.
+
+    The result is detached and broadcast to the shape of the site's batch
+    (the shape of its ``score_function``).
+
+    :param list names: names of guide sites.
+    :returns: dict from name to a detached tensor.
+    """
+    costs = {}
+    if not names:
+        return costs
+    if track_dependencies:
+        per_site = defaultdict(MultiFrameTensor)
+        for trace, sign in ((model_trace, -1.0), (guide_trace, 1.0)):
+            for _, site in sample_sites(trace):
+                log_prob = site["log_prob"]
+                term = detach_provenance(log_prob).detach()
+                for key in get_provenance(log_prob):
+                    per_site[key].add((site["cond_indep_stack"], sign * term))
+        for name in names:
+            site = guide_trace.nodes[name]
+            cost = per_site[name].sum_to(site["cond_indep_stack"]) if name in per_site else 0.0
+            costs[name] = _broadcast_to_site(cost, site)
+        return costs
+
+    log_r = MultiFrameTensor()
+    for trace, sign in ((model_trace, -1.0), (guide_trace, 1.0)):
+        for _, site in sample_sites(trace):
+            log_r.add((site["cond_indep_stack"], sign * site["log_prob"].detach()))
+    for name in names:
+        site = guide_trace.nodes[name]
+        costs[name] = _broadcast_to_site(log_r.sum_to(site["cond_indep_stack"]), site)
+    return costs
+
+
+def _broadcast_to_site(cost, site):
+    shape = site["score_parts"].score_function
+    shape = shape.shape if torch.is_tensor(shape) else site["log_prob"].shape
+    if not torch.is_tensor(cost):
+        return site["log_prob"].new_full(shape, float(cost)).detach()
+    return cost.detach().expand(torch.broadcast_shapes(cost.shape, shape))
+
+
+def site_scale(site):
+    """A guide site's subsampling scale as a float, or ``None`` when it is a tensor."""
+    scale = site["scale"]
+    if torch.is_tensor(scale):
+        return None
+    return float(scale)
+
+
+def estimator_error(elbo, message):
+    """Prefix an error message with the estimator's name."""
+    return "{}: {}".format(type(elbo).__name__, message)
+
+
+def check_model_guide(elbo, model_trace, guide_trace):
+    """
+    Every unobserved model sample site must have a guide site of the same name
+    (this package does not enumerate model-only sites, unlike
+    :class:`~pyro.infer.TraceEnum_ELBO`). Raises :class:`ValueError` naming the
+    first site that has none.
+    """
+    for name, site in sample_sites(model_trace):
+        if site["is_observed"] or name in guide_trace.nodes:
+            continue
+        raise ValueError(
+            estimator_error(
+                elbo,
+                "model sample site '{}' is latent (not observed) but the guide has no "
+                "site of that name, so it would be drawn from the prior with no gradient "
+                "estimator. Add pyro.sample('{}', ...) to the guide, observe it with "
+                "obs=..., or marginalize it with pyro.infer.TraceEnum_ELBO.".format(name, name),
+            )
+        )
+
+
+class DiscreteELBO(ELBO):
+    """
+    Base class of the ELBO implementations in :mod:`pyro_discrete`.
+
+    It provides Pyro's ELBO interface -- :meth:`loss`, :meth:`loss_and_grads`,
+    :meth:`differentiable_loss` and ``__call__`` -- with the conventions of
+    :class:`~pyro.infer.Trace_ELBO`: every method's value is an estimate of
+    ``-ELBO`` averaged over particles, and the gradient of
+    :meth:`differentiable_loss` (and the gradients left by
+    :meth:`loss_and_grads`) is the estimator of the subclass.
+
+    Subclasses implement :meth:`_particle_loss_and_surrogate` and may wrap the
+    guide with handlers (:meth:`_guide_handlers`).
+
+    :param int num_particles: number of particles (samples of the guide) per
+        estimate.
+    :param max_plate_nesting: bound on the number of nested plates; guessed
+        from one run of the model and guide when not given.
+    :param bool vectorize_particles: draw the particles in one vectorized run,
+        in an outermost plate named ``"num_particles_vectorized"`` (default
+        ``True``, unlike Pyro's ELBOs, because leave-one-out baselines need
+        all particles at once).
+    :param bool track_dependencies: restrict each site's cost to the terms
+        that depend on it (provenance tracking, as in
+        :class:`~pyro.infer.TraceGraph_ELBO`). Lower variance for guides with
+        many sites, at some cost in time. Default ``False``: costs are still
+        Rao-Blackwellized by plates.
+    """
+
+    def __init__(
+        self,
+        num_particles=1,
+        max_plate_nesting=float("inf"),
+        vectorize_particles=True,
+        track_dependencies=False,
+        **kwargs,
+    ):
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(
+                "{}: num_particles must be a positive integer, got {!r}".format(
+                    type(self).__name__, num_particles
+                )
+            )
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            **kwargs,
+        )
+        self.track_dependencies = track_dependencies
+
+    # ------------------------------------------------------------------
+    # How samples are drawn
+    # ------------------------------------------------------------------
+    def _guide_handlers(self):
+        """
+        Messengers to run the guide in, outermost last; each is created anew
+        for every trace. The particle plate is inside them, so they see
+        distributions already broadcast to the particle and data plates.
+        """
+        return ()
+
+    def _particle_dim(self):
+        """The batch dim (negative) of the vectorized particles, or ``None``."""
+        if self.vectorize_particles and self.num_particles > 1:
+            return -self.max_plate_nesting
+        return None
+
+    def _get_trace(self, model, guide, args, kwargs):
+        for handler in self._guide_handlers():
+            guide = handler(guide)
+        if self.track_dependencies:
+            with TrackNonReparam():
+                model_trace, guide_trace = get_importance_trace(
+                    "flat", self.max_plate_nesting, model, guide, args, kwargs
+                )
+        else:
+            model_trace, guide_trace = get_importance_trace(
+                "flat", self.max_plate_nesting, model, guide, args, kwargs
+            )
+        check_model_guide(self, model_trace, guide_trace)
+        return model_trace, guide_trace
+
+    def _get_traces(self, model, guide, args, kwargs):
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        return super()._get_traces(model, guide, args, kwargs)
+
+    # ------------------------------------------------------------------
+    # How the surrogate is built
+    # ------------------------------------------------------------------
+    def _particle_loss(self, model_trace, guide_trace):
+        """``-ELBO`` summed over the particles of one trace pair (no gradient needed)."""
+        elbo = 0.0
+        for _, site in sample_sites(model_trace):
+            elbo = elbo + site["log_prob_sum"]
+        for _, site in sample_sites(guide_trace):
+            elbo = elbo - site["log_prob_sum"]
+        return -detach_provenance(elbo) if torch.is_tensor(elbo) else -elbo
+
+    def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
+        """
+        Returns ``(loss, surrogate_loss)`` for one trace pair, both summed over
+        the particles in it: ``loss`` is ``-ELBO``, the gradient of
+        ``surrogate_loss`` is the estimator. ``update`` says whether the
+        estimator's state (a moving-average baseline, a temperature schedule)
+        may advance after this step.
+        """
+        raise NotImplementedError
+
+    def _pathwise_terms(self, model_trace, guide_trace):
+        """
+        ``(elbo, surrogate_elbo)``: the ELBO of a trace pair, and the part of
+        the surrogate that carries pathwise gradients -- every model term, and
+        each guide site's ``entropy_term`` (``log q`` for reparameterized sites,
+        zero for the others, whose gradient comes from their estimator).
+        """
+        elbo = 0.0
+        surrogate = 0.0
+        for _, site in sample_sites(model_trace):
+            elbo = elbo + site["log_prob_sum"]
+            surrogate = surrogate + site["log_prob_sum"]
+        for _, site in sample_sites(guide_trace):
+            elbo = elbo - site["log_prob_sum"]
+            entropy_term = site["score_parts"].entropy_term
+            if not is_identically_zero(entropy_term):
+                surrogate = surrogate - entropy_term.sum()
+        return elbo, surrogate
+
+    def _loss_and_surrogate(self, model, guide, args, kwargs, update):
+        loss = 0.0
+        surrogate = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            particle_loss, particle_surrogate = self._particle_loss_and_surrogate(
+                model_trace, guide_trace, update
+            )
+            loss = loss + particle_loss
+            surrogate = surrogate + particle_surrogate
+        loss = detach_provenance(loss)
+        loss = (loss.detach() if torch.is_tensor(loss) else loss) / self.num_particles
+        surrogate = detach_provenance(surrogate) / self.num_particles
+        if update:
+            self._after_step()
+        return loss, surrogate
+
+    def _after_step(self):
+        """Called once per gradient step, after the surrogate was built."""
+
+    # ------------------------------------------------------------------
+    # Pyro's ELBO interface
+    # ------------------------------------------------------------------
+    def loss(self, model, guide, *args, **kwargs):
+        """
+        :returns: an estimate of ``-ELBO`` (a float). Changes no state.
+        """
+        with torch.no_grad():
+            loss = 0.0
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                loss = loss + self._particle_loss(model_trace, guide_trace)
+            loss = torch_item(loss) / self.num_particles
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """
+        :returns: a tensor whose value is an estimate of ``-ELBO`` and whose
+            gradient with respect to every parameter is this class's estimator.
+        """
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs, update=True)
+        if torch.is_tensor(surrogate) and surrogate.requires_grad:
+            loss = loss + (surrogate - surrogate.detach())
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """
+        Computes the estimator's gradients (``.backward()`` on the surrogate)
+        and returns an estimate of ``-ELBO`` as a float.
+        """
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs, update=True)
+        if torch.is_tensor(surrogate) and surrogate.requires_grad:
+            surrogate.backward(retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
