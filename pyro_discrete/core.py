@@ -31,17 +31,22 @@ terms whose value depends on it, found by provenance tracking as in
     David Wingate, Noah Goodman, Andreas Stuhlmüller, Jeffrey Siskind (2011)
 """
 
-from collections import defaultdict
-
+import pyro.distributions
 import torch
-from pyro.distributions.util import is_identically_zero
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.tracegraph_elbo import TrackNonReparam
-from pyro.infer.util import MultiFrameTensor, torch_item
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, warn_if_nan
+from torch.distributions import Bernoulli, Independent
+from torch.distributions.utils import _sum_rightmost, broadcast_all
 from pyro.poutine.subsample_messenger import _Subsample
-from pyro.util import warn_if_nan
 
 __all__ = [
     "DiscreteELBO",
@@ -102,36 +107,120 @@ def site_costs(model_trace, guide_trace, names, track_dependencies=False):
     costs = {}
     if not names:
         return costs
-    if track_dependencies:
-        per_site = defaultdict(MultiFrameTensor)
-        for trace, sign in ((model_trace, -1.0), (guide_trace, 1.0)):
-            for _, site in sample_sites(trace):
-                log_prob = site["log_prob"]
-                term = detach_provenance(log_prob).detach()
-                for key in get_provenance(log_prob):
-                    per_site[key].add((site["cond_indep_stack"], sign * term))
-        for name in names:
-            site = guide_trace.nodes[name]
-            cost = per_site[name].sum_to(site["cond_indep_stack"]) if name in per_site else 0.0
-            costs[name] = _broadcast_to_site(cost, site)
-        return costs
-
-    log_r = MultiFrameTensor()
-    for trace, sign in ((model_trace, -1.0), (guide_trace, 1.0)):
+    # log q - log p, grouped by the set of (vectorized) plates each term lives in
+    groups = {}
+    for trace, negate in ((model_trace, True), (guide_trace, False)):
         for _, site in sample_sites(trace):
-            log_r.add((site["cond_indep_stack"], sign * site["log_prob"].detach()))
+            log_prob = site["log_prob"]
+            if track_dependencies:
+                provenance = get_provenance(log_prob)
+                log_prob = detach_provenance(log_prob)
+            log_prob = log_prob.detach()
+            key = _vectorized_frames(site)
+            if track_dependencies:
+                key = (key, provenance)
+            total = groups.get(key)
+            if total is None:
+                groups[key] = -log_prob if negate else log_prob
+            else:
+                groups[key] = total - log_prob if negate else total + log_prob
     for name in names:
         site = guide_trace.nodes[name]
-        costs[name] = _broadcast_to_site(log_r.sum_to(site["cond_indep_stack"]), site)
+        target = _vectorized_frames(site)
+        cost = None
+        for key, value in groups.items():
+            if track_dependencies:
+                key, provenance = key
+                if name not in provenance:
+                    continue
+            for frame in key - target:
+                if value.dim() >= -frame.dim and value.shape[frame.dim] != 1:
+                    value = value.sum(frame.dim, keepdim=True)
+            cost = value if cost is None else cost + value
+        costs[name] = _broadcast_to_site(cost, site)
     return costs
 
 
+def _vectorized_frames(site):
+    return frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
+
+
 def _broadcast_to_site(cost, site):
-    shape = site["score_parts"].score_function
-    shape = shape.shape if torch.is_tensor(shape) else site["log_prob"].shape
-    if not torch.is_tensor(cost):
-        return site["log_prob"].new_full(shape, float(cost)).detach()
-    return cost.detach().expand(torch.broadcast_shapes(cost.shape, shape))
+    score_function = site["score_parts"].score_function
+    shape = score_function.shape if torch.is_tensor(score_function) else site["log_prob"].shape
+    if cost is None:
+        return site["log_prob"].new_zeros(shape)
+    while cost.dim() > len(shape) and cost.shape[0] == 1:
+        cost = cost.squeeze(0)
+    return cost.expand(torch.broadcast_shapes(cost.shape, shape))
+
+
+def fused_log_prob(fn, value):
+    """
+    ``fn.log_prob(value)`` for an ``Independent(Bernoulli)`` distribution (a
+    Bernoulli likelihood declared with ``.to_event``), computed as
+    ``-sum(binary_cross_entropy_with_logits)``: the same numbers as
+    :meth:`torch.distributions.Bernoulli.log_prob` followed by the event sum,
+    but negated *after* the sum. Torch negates the full-size tensor first,
+    which in a VAE's likelihood is a ``(particles, batch, pixels)`` temporary
+    written twice per step (forward and backward). Returns ``None`` for every
+    other distribution.
+    """
+    if not isinstance(fn, Independent) or type(fn.base_dist) not in _BERNOULLI_TYPES:
+        return None
+    base = fn.base_dist
+    if base._validate_args:
+        base._validate_sample(value)
+    logits, value = broadcast_all(base.logits, value)
+    nll = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+    return -_sum_rightmost(nll, fn.reinterpreted_batch_ndims)
+
+
+_BERNOULLI_TYPES = (Bernoulli, pyro.distributions.Bernoulli)
+
+
+def _compute_observed_log_probs(model_trace):
+    # fill in log_prob for the observed sites that have a fused form; Pyro's
+    # compute_log_prob (memoized) computes the others as usual
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or site["args"] or site["kwargs"]:
+            continue
+        log_p = fused_log_prob(site["fn"], site["value"])
+        if log_p is None:
+            continue
+        site["unscaled_log_prob"] = log_p
+        log_p = scale_and_mask(log_p, site["scale"], site["mask"])
+        site["log_prob"] = log_p
+        site["log_prob_sum"] = log_p.sum()
+        if is_validation_enabled():
+            warn_if_nan(site["log_prob_sum"], "log_prob_sum at site '{}'".format(name))
+            warn_if_inf(site["log_prob_sum"], "log_prob_sum at site '{}'".format(name), allow_neginf=True)
+
+
+def get_importance_traces(max_plate_nesting, model, guide, args, kwargs):
+    """
+    Runs the guide, then the model replayed against it, and computes every
+    site's log-probability -- as :func:`pyro.infer.enum.get_importance_trace`
+    does, with the fused log-probability of :func:`fused_log_prob` for observed
+    ``Independent(Bernoulli)`` sites.
+    """
+    if isinstance(poutine.unwrap(guide), Messenger):  # a GuideMessenger (AutoGuideMessenger)
+        return get_importance_trace("flat", max_plate_nesting, model, guide, args, kwargs)
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    _compute_observed_log_probs(model_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_score_parts()
+    if is_validation_enabled():
+        for trace in (model_trace, guide_trace):
+            for site in trace.nodes.values():
+                if site["type"] == "sample":
+                    check_site_shape(site, max_plate_nesting)
+    return model_trace, guide_trace
 
 
 def site_scale(site):
@@ -241,13 +330,9 @@ class DiscreteELBO(ELBO):
             guide = handler(guide)
         if self.track_dependencies:
             with TrackNonReparam():
-                model_trace, guide_trace = get_importance_trace(
-                    "flat", self.max_plate_nesting, model, guide, args, kwargs
-                )
+                model_trace, guide_trace = get_importance_traces(self.max_plate_nesting, model, guide, args, kwargs)
         else:
-            model_trace, guide_trace = get_importance_trace(
-                "flat", self.max_plate_nesting, model, guide, args, kwargs
-            )
+            model_trace, guide_trace = get_importance_traces(self.max_plate_nesting, model, guide, args, kwargs)
         check_model_guide(self, model_trace, guide_trace)
         return model_trace, guide_trace
 

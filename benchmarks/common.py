@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Shared pieces of the benchmarks: the Storchastic tutorial's discrete VAE as a
+Pyro model/guide and as plain PyTorch, the data, hand-written training steps
+and a timer that interleaves the contenders so that they see the same machine.
+"""
+
+import csv
+import os
+import statistics
+import time
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+SHARED_DATA = os.path.join(HERE, "..", "..", "shared", "data")
+
+
+def load_binarized_mnist(split="train", data_dir=None):
+    """The fixed binarization of MNIST from ``../shared/data`` when present, else ``None``."""
+    path = os.path.join(data_dir or SHARED_DATA, "binarized_mnist", "binarized_mnist.npz")
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as data:
+        return torch.from_numpy(data[split].astype(np.float32))
+
+
+def synthetic_binary_images(num, seed=0):
+    """Stand-in data when MNIST is not available: sparse random binary 28x28 images."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(num, 784, generator=gen) < 0.13).float()
+
+
+def benchmark_data(num=64 * 50):
+    data = load_binarized_mnist()
+    source = "binarized MNIST (../shared/data)"
+    if data is None:
+        data, source = synthetic_binary_images(num), "synthetic binary images"
+    return data[:num], source
+
+
+class DiscreteVAE(nn.Module):
+    """Encoder 784-512-256-(K*C), mirrored decoder, as in the Storchastic tutorial."""
+
+    def __init__(self, latents=2, categories=10, name="vae"):
+        super().__init__()
+        self.latents, self.categories, self.name = latents, categories, name
+        self.encoder = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, latents * categories)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latents * categories, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 784)
+        )
+
+    def encode(self, x):
+        return self.encoder(x).reshape(x.shape[:-1] + (self.latents, self.categories))
+
+    def decode(self, z):
+        return self.decoder(z.reshape(z.shape[:-2] + (-1,)))
+
+    # --- as a Pyro model and guide -------------------------------------
+    def model(self, x):
+        pyro.module(self.name + ".decoder", self.decoder)
+        prior = x.new_zeros(self.latents, self.categories)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.OneHotCategorical(logits=prior).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module(self.name + ".encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.OneHotCategorical(logits=self.encode(x)).to_event(1))
+
+
+def handwritten_score_step(vae, optimizer, x, num_samples, baseline="loo"):
+    """
+    One step of the score-function estimator with a leave-one-out baseline
+    (or none), written directly in PyTorch: the reference the Pyro estimators
+    are timed against. Loss = -ELBO summed over the batch, averaged over samples.
+    """
+    optimizer.zero_grad()
+    logits = vae.encode(x)  # (B, K, C)
+    log_probs = logits.log_softmax(-1)
+    with torch.no_grad():
+        idx = torch.distributions.Categorical(logits=logits).sample((num_samples,))  # (S, B, K)
+        z = F.one_hot(idx, vae.categories).to(x.dtype)
+    log_q = (z * log_probs).sum((-1, -2))  # (S, B)
+    recon = vae.decode(z)  # (S, B, 784)
+    log_lik = -F.binary_cross_entropy_with_logits(recon, x.expand_as(recon), reduction="none").sum(-1)
+    log_prior = -vae.latents * np.log(vae.categories)
+    cost = (log_q - log_lik - log_prior).detach()  # -ELBO per sample and data point
+    if baseline == "loo":
+        centered = (cost.sum(0, keepdim=True) - cost) / (num_samples - 1)
+        centered = cost - centered
+    else:
+        centered = cost
+    surrogate = ((log_q * centered).sum() - log_lik.sum()) / num_samples
+    surrogate.backward()
+    optimizer.step()
+    return cost.sum().item() / num_samples
+
+
+def time_interleaved(contenders, warmup=5, rounds=5, steps_per_round=10):
+    """
+    ``contenders``: dict name -> zero-argument step function. Runs them in
+    interleaved rounds and returns name -> list of per-round ms/step.
+    """
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            for _ in range(steps_per_round):
+                fn()
+            times[name].append(1000 * (time.perf_counter() - start) / steps_per_round)
+    return times
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def write_table(rows, name, columns):
+    os.makedirs(RESULTS, exist_ok=True)
+    csv_path = os.path.join(RESULTS, name + ".csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    md_path = os.path.join(RESULTS, name + ".md")
+    with open(md_path, "w") as f:
+        f.write("| " + " | ".join(columns) + " |\n")
+        f.write("|" + "---|" * len(columns) + "\n")
+        for row in rows:
+            f.write("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |\n")
+    return csv_path, md_path
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return "{:.3g}".format(value) if abs(value) < 100 else "{:.1f}".format(value)
+    return str(value)
