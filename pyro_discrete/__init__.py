@@ -5,13 +5,14 @@ pyro_discrete: gradient estimators for discrete latent variables in Pyro.
 Each estimator is an :class:`pyro.infer.ELBO` that consumes an ordinary
 model/guide pair::
 
-    svi = pyro.infer.SVI(model, guide, optim, loss=TraceScoreELBO(num_particles=8))
+    svi = pyro.infer.SVI(model, guide, optim, loss=VarGradELBO(num_particles=8))
 """
 
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .core import DiscreteELBO
 from .expect import ExpectELBO
 from .score import TraceScoreELBO
+from .vargrad import VarGradELBO
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "MovingAverageBaseline",
     "NoBaseline",
     "TraceScoreELBO",
+    "VarGradELBO",
 ]

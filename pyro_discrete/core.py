@@ -35,6 +35,7 @@ import pyro.distributions
 import torch
 import torch.nn.functional as F
 from pyro import poutine
+from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
@@ -153,6 +154,37 @@ def _broadcast_to_site(cost, site):
     while cost.dim() > len(shape) and cost.shape[0] == 1:
         cost = cost.squeeze(0)
     return cost.expand(torch.broadcast_shapes(cost.shape, shape))
+
+
+#: ``infer`` key set by :class:`DetachedSamples` on the sites it draws
+SCORE_FUNCTION_KEY = "_pyro_discrete_score_function"
+
+
+class DetachedSamples(Messenger):
+    """
+    Draws every reparameterizable guide sample site *without* a gradient path
+    (``fn.sample()``, detached as it is drawn, so that later guide sites do not
+    keep a graph through it) and marks it so that the estimator treats it like
+    a non-reparameterizable site: its ``score_function`` is its unscaled
+    log-density and its ``entropy_term`` is zero (see
+    :func:`mark_score_function_sites`).
+    """
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
+            return
+        if getattr(msg["fn"], "has_rsample", False):
+            msg["value"] = msg["fn"].sample(*msg["args"], **msg["kwargs"]).detach()
+            msg["infer"] = dict(msg["infer"], **{SCORE_FUNCTION_KEY: True})
+
+
+def mark_score_function_sites(guide_trace):
+    """Rewrites the score parts of the sites drawn by :class:`DetachedSamples`."""
+    for _, site in sample_sites(guide_trace):
+        if site["infer"].get(SCORE_FUNCTION_KEY):
+            site["score_parts"] = ScoreParts(
+                log_prob=site["log_prob"], score_function=site["unscaled_log_prob"], entropy_term=0.0
+            )
 
 
 def fused_log_prob(fn, value):
@@ -334,6 +366,7 @@ class DiscreteELBO(ELBO):
         else:
             model_trace, guide_trace = get_importance_traces(self.max_plate_nesting, model, guide, args, kwargs)
         check_model_guide(self, model_trace, guide_trace)
+        mark_score_function_sites(guide_trace)
         return model_trace, guide_trace
 
     def _get_traces(self, model, guide, args, kwargs):
