@@ -8,6 +8,7 @@ model/guide pair::
     svi = pyro.infer.SVI(model, guide, optim, loss=VarGradELBO(num_particles=8))
 """
 
+from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .core import DiscreteELBO
 from .expect import ExpectELBO
@@ -17,6 +18,7 @@ from .vargrad import VarGradELBO
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARSMELBO",
     "DiscreteELBO",
     "ExpectELBO",
     "LeaveOneOutBaseline",

@@ -105,10 +105,21 @@ def site_costs(model_trace, guide_trace, names, track_dependencies=False):
     :param list names: names of guide sites.
     :returns: dict from name to a detached tensor.
     """
-    costs = {}
     if not names:
-        return costs
-    # log q - log p, grouped by the set of (vectorized) plates each term lives in
+        return {}
+    groups = cost_terms(model_trace, guide_trace, track_dependencies)
+    return {
+        name: _broadcast_to_site(cost_to_frames(groups, guide_trace.nodes[name], track_dependencies), guide_trace.nodes[name])
+        for name in names
+    }
+
+
+def cost_terms(model_trace, guide_trace, track_dependencies=False):
+    """
+    The terms of ``log q - log p`` (detached), added up per set of vectorized
+    plates they live in (and, with ``track_dependencies``, per provenance):
+    a dict from that key to a tensor. See :func:`cost_to_frames`.
+    """
     groups = {}
     for trace, negate in ((model_trace, True), (guide_trace, False)):
         for _, site in sample_sites(trace):
@@ -125,21 +136,28 @@ def site_costs(model_trace, guide_trace, names, track_dependencies=False):
                 groups[key] = -log_prob if negate else log_prob
             else:
                 groups[key] = total - log_prob if negate else total + log_prob
-    for name in names:
-        site = guide_trace.nodes[name]
-        target = _vectorized_frames(site)
-        cost = None
-        for key, value in groups.items():
-            if track_dependencies:
-                key, provenance = key
-                if name not in provenance:
-                    continue
-            for frame in key - target:
-                if value.dim() >= -frame.dim and value.shape[frame.dim] != 1:
-                    value = value.sum(frame.dim, keepdim=True)
-            cost = value if cost is None else cost + value
-        costs[name] = _broadcast_to_site(cost, site)
-    return costs
+    return groups
+
+
+def cost_to_frames(groups, site, track_dependencies=False):
+    """
+    The share of the terms of :func:`cost_terms` that ``site`` can influence:
+    every term summed over the plates the site is not in. Returns a tensor, or
+    ``None`` when no term depends on the site.
+    """
+    name = site["name"]
+    target = _vectorized_frames(site)
+    cost = None
+    for key, value in groups.items():
+        if track_dependencies:
+            key, provenance = key
+            if name not in provenance:
+                continue
+        for frame in key - target:
+            if value.dim() >= -frame.dim and value.shape[frame.dim] != 1:
+                value = value.sum(frame.dim, keepdim=True)
+        cost = value if cost is None else cost + value
+    return cost
 
 
 def _vectorized_frames(site):
@@ -229,16 +247,18 @@ def _compute_observed_log_probs(model_trace):
             warn_if_inf(site["log_prob_sum"], "log_prob_sum at site '{}'".format(name), allow_neginf=True)
 
 
-def get_importance_traces(max_plate_nesting, model, guide, args, kwargs):
+def get_importance_traces(max_plate_nesting, model, guide, args, kwargs, guide_trace=None):
     """
-    Runs the guide, then the model replayed against it, and computes every
-    site's log-probability -- as :func:`pyro.infer.enum.get_importance_trace`
-    does, with the fused log-probability of :func:`fused_log_prob` for observed
+    Runs the guide (or takes ``guide_trace``, unpruned), then the model replayed
+    against it, and computes every site's log-probability -- as
+    :func:`pyro.infer.enum.get_importance_trace` does, with the fused
+    log-probability of :func:`fused_log_prob` for observed
     ``Independent(Bernoulli)`` sites.
     """
-    if isinstance(poutine.unwrap(guide), Messenger):  # a GuideMessenger (AutoGuideMessenger)
-        return get_importance_trace("flat", max_plate_nesting, model, guide, args, kwargs)
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    if guide_trace is None:
+        if isinstance(poutine.unwrap(guide), Messenger):  # a GuideMessenger (AutoGuideMessenger)
+            return get_importance_trace("flat", max_plate_nesting, model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     if is_validation_enabled():
         check_model_guide_match(model_trace, guide_trace, max_plate_nesting)
