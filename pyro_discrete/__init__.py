@@ -12,6 +12,7 @@ from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .core import DiscreteELBO
 from .expect import ExpectELBO
+from .relaxed import RelaxedConcreteELBO, exponential_decay
 from .score import TraceScoreELBO
 from .vargrad import VarGradELBO
 
@@ -24,6 +25,8 @@ __all__ = [
     "LeaveOneOutBaseline",
     "MovingAverageBaseline",
     "NoBaseline",
+    "RelaxedConcreteELBO",
     "TraceScoreELBO",
     "VarGradELBO",
+    "exponential_decay",
 ]
