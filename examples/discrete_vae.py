@@ -31,9 +31,9 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_
 from pyro.optim import Adam
 from torch import nn
 
-from pyro_discrete import ExpectELBO, TraceScoreELBO, VarGradELBO
+from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO
 
-ESTIMATORS = ["score", "loo", "vargrad", "expect", "trace", "tracegraph", "enum"]
+ESTIMATORS = ["score", "loo", "vargrad", "arsm", "concrete", "st-concrete", "expect", "trace", "tracegraph", "enum"]
 
 
 # ----------------------------------------------------------------------
@@ -183,6 +183,12 @@ def make_elbo(name, particles):
         return TraceScoreELBO(num_particles=particles, baseline="loo")
     if name == "vargrad":
         return VarGradELBO(num_particles=particles)
+    if name == "arsm":
+        return ARSMELBO(num_particles=1)
+    if name == "concrete":
+        return RelaxedConcreteELBO(num_particles=particles, temperature=0.5)
+    if name == "st-concrete":
+        return RelaxedConcreteELBO(num_particles=particles, temperature=0.5, straight_through=True)
     if name == "expect":
         return ExpectELBO()
     if name == "trace":
