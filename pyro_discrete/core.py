@@ -435,6 +435,12 @@ class DiscreteELBO(ELBO):
                 surrogate = surrogate - entropy_term.sum()
         return elbo, surrogate
 
+    def _score_sites_and_costs(self, model_trace, guide_trace):
+        """``[(name, site, cost)]`` for the guide sites that need a non-pathwise gradient."""
+        sites = score_function_sites(guide_trace)
+        costs = site_costs(model_trace, guide_trace, [name for name, _ in sites], self.track_dependencies)
+        return [(name, site, costs[name]) for name, site in sites]
+
     def _loss_and_surrogate(self, model, guide, args, kwargs, update):
         loss = 0.0
         surrogate = 0.0

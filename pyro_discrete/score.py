@@ -4,7 +4,7 @@ The score-function (REINFORCE) estimator with baselines.
 """
 
 from .baselines import make_baseline
-from .core import DiscreteELBO, estimator_error, score_function_sites, site_costs
+from .core import DiscreteELBO, estimator_error
 
 __all__ = ["TraceScoreELBO"]
 
@@ -102,11 +102,8 @@ class TraceScoreELBO(DiscreteELBO):
     def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
         elbo, surrogate_elbo = self._pathwise_terms(model_trace, guide_trace)
         surrogate_loss = -surrogate_elbo
-        sites = score_function_sites(guide_trace)
-        costs = site_costs(model_trace, guide_trace, [name for name, _ in sites], self.track_dependencies)
         particle_dim = self._particle_dim()
-        for name, site in sites:
-            cost = costs[name]
+        for name, site, cost in self._score_sites_and_costs(model_trace, guide_trace):
             baseline = self._baseline_for(name, site)
             centered = cost - baseline(name, site, cost, particle_dim)
             surrogate_loss = surrogate_loss + (site["score_parts"].score_function * centered).sum()

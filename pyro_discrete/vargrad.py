@@ -3,7 +3,7 @@
 VarGrad: the log-variance loss.
 """
 
-from .core import DetachedSamples, DiscreteELBO, estimator_error, score_function_sites, site_costs
+from .core import DetachedSamples, DiscreteELBO, estimator_error
 
 __all__ = ["VarGradELBO"]
 
@@ -92,12 +92,10 @@ class VarGradELBO(DiscreteELBO):
     def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
         elbo, surrogate_elbo = self._pathwise_terms(model_trace, guide_trace)
         surrogate_loss = -surrogate_elbo
-        sites = score_function_sites(guide_trace)
-        costs = site_costs(model_trace, guide_trace, [name for name, _ in sites], self.track_dependencies)
         particle_dim = self._particle_dim()
-        for name, site in sites:
+        for name, site, cost in self._score_sites_and_costs(model_trace, guide_trace):
             log_q = site["score_parts"].score_function
-            log_ratio = log_q + (costs[name] - log_q.detach())
+            log_ratio = log_q + (cost - log_q.detach())
             # the surrogate is divided by num_particles afterwards (as a mean
             # over particles); multiply back so the loss is 1/2 Var
             log_variance = log_ratio.var(particle_dim, correction=1)

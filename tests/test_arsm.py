@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
-from common import Family, check_unbiased, gradient_draws, init_params, make_family, reference
+from common import poisson_model_guide, assert_loss_methods_agree, Family, check_unbiased, gradient_draws, init_params, make_family, reference
 from pyro_discrete import ARSMELBO, TraceScoreELBO
 from tutorial_vae import make_tutorial_vae
 
@@ -115,12 +115,7 @@ def test_error_guide_dependency_names_sites():
 
 
 def test_error_unsupported_site():
-    def model():
-        pyro.sample("n", dist.Poisson(3.0))
-
-    def guide():
-        pyro.sample("n", dist.Poisson(pyro.param("rate", torch.tensor(2.0))))
-
+    model, guide = poisson_model_guide()
     with pytest.raises(NotImplementedError, match=r"ARSMELBO: guide site 'n' \(Poisson\).*TraceScoreELBO or VarGradELBO"):
         ARSMELBO().loss(model, guide)
 
@@ -132,17 +127,8 @@ def test_errors_in_options():
 
 def test_loss_methods_agree():
     family = make_family("amortized_vae")
-    params = init_params(family)
-    pyro.set_rng_seed(4)
-    loss = ARSMELBO(num_particles=2).loss(family.model, family.guide, *family.args)
-    pyro.set_rng_seed(4)
-    dloss = ARSMELBO(num_particles=2).differentiable_loss(family.model, family.guide, *family.args)
-    pyro.set_rng_seed(4)
-    lg = ARSMELBO(num_particles=2).loss_and_grads(family.model, family.guide, *family.args)
-    grads = torch.autograd.grad(dloss, list(params.values()))
-    assert loss == pytest.approx(dloss.item(), rel=1e-10) and loss == pytest.approx(lg, rel=1e-10)
-    for p, g in zip(params.values(), grads):
-        assert torch.allclose(p.grad, g, atol=1e-10)
+    init_params(family)
+    assert_loss_methods_agree(lambda: ARSMELBO(num_particles=2), family, seed=4)
 
 
 # ----------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_site_costs_are_kept_per_plate_element():
             pyro.sample("x", dist.Normal(z + g, 1.0), obs=data)
 
     def guide():
-        g = pyro.sample("g", dist.Normal(0.2, 1.0))
+        pyro.sample("g", dist.Normal(0.2, 1.0))
         with pyro.plate("data", 3):
             pyro.sample("z", dist.Bernoulli(torch.tensor([0.2, 0.5, 0.7])))
 

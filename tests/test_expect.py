@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
-from common import exact_gradient, init_params, make_family
+from common import poisson_model_guide, exact_gradient, init_params, make_family
 from pyro_discrete import ExpectELBO
 from pyro_discrete.expect import joint_support
 from tutorial_vae import make_tutorial_vae
@@ -131,12 +131,7 @@ def test_error_site_outside_plate_depends_on_enumerated_local():
 
 
 def test_error_non_enumerable_discrete_site():
-    def model():
-        pyro.sample("n", dist.Poisson(3.0))
-
-    def guide():
-        pyro.sample("n", dist.Poisson(pyro.param("rate", torch.tensor(2.0))))
-
+    model, guide = poisson_model_guide()
     with pytest.raises(NotImplementedError, match=r"ExpectELBO: guide site 'n' \(Poisson\).*TraceScoreELBO"):
         ExpectELBO().loss(model, guide)
 

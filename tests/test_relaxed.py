@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
-from common import exact_gradient, gradient_draws, init_params, make_family
+from common import poisson_model_guide, exact_gradient, gradient_draws, init_params, make_family
 from pyro_discrete import RelaxedConcreteELBO, TraceScoreELBO, exponential_decay
 from tutorial_vae import make_tutorial_vae
 
@@ -86,12 +86,7 @@ def test_error_on_categorical_index_site():
 
 
 def test_error_on_unrelaxable_site():
-    def model():
-        pyro.sample("n", dist.Poisson(3.0))
-
-    def guide():
-        pyro.sample("n", dist.Poisson(pyro.param("rate", torch.tensor(2.0))))
-
+    model, guide = poisson_model_guide()
     with pytest.raises(NotImplementedError, match=r"RelaxedConcreteELBO: guide site 'n' \(Poisson\)"):
         RelaxedConcreteELBO().differentiable_loss(model, guide)
 

@@ -7,6 +7,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from common import (
+    assert_loss_methods_agree,
     FAMILY_BUILDERS,
     check_unbiased,
     gradient_draws,
@@ -94,26 +95,9 @@ def test_loss_methods_agree(baseline, num_particles, vectorize):
     if baseline == "loo" and not vectorize:
         pytest.skip("leave-one-out needs vectorized particles")
     family = make_family("amortized_vae")
-    params = init_params(family)
+    init_params(family)
     kw = dict(num_particles=num_particles, baseline=baseline, vectorize_particles=vectorize, max_plate_nesting=1)
-
-    pyro.set_rng_seed(3)
-    loss = TraceScoreELBO(**kw).loss(family.model, family.guide, *family.args)
-    pyro.set_rng_seed(3)
-    dloss = TraceScoreELBO(**kw).differentiable_loss(family.model, family.guide, *family.args)
-    dgrads = torch.autograd.grad(dloss, list(params.values()))
-    pyro.set_rng_seed(3)
-    lg = TraceScoreELBO(**kw).loss_and_grads(family.model, family.guide, *family.args)
-    lgrads = [p.grad for p in params.values()]
-    pyro.set_rng_seed(3)
-    module_loss = TraceScoreELBO(**kw)(family.model, family.guide)(*family.args)
-
-    assert isinstance(loss, float) and isinstance(lg, float)
-    assert loss == pytest.approx(dloss.item(), rel=1e-10)
-    assert loss == pytest.approx(lg, rel=1e-10)
-    assert loss == pytest.approx(module_loss.item(), rel=1e-10)
-    for a, b in zip(dgrads, lgrads):
-        assert torch.allclose(a, b, atol=1e-10)
+    assert_loss_methods_agree(lambda: TraceScoreELBO(**kw), family)
 
 
 def test_loss_changes_no_state():
