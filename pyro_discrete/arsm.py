@@ -16,6 +16,7 @@ from .core import (
     cost_to_frames,
     estimator_error,
     get_importance_traces,
+    innermost_distribution,
     sample_sites,
     score_function_sites,
 )
@@ -26,14 +27,9 @@ __all__ = ["ARSMELBO"]
 _NOISE = "_pyro_discrete_arsm"
 
 
-def _innermost(fn):
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn
-
 
 def _kind(fn):
-    base = _innermost(fn)
+    base = innermost_distribution(fn)
     if isinstance(base, OneHotCategorical):
         return "onehot"
     if isinstance(base, Categorical):
@@ -62,7 +58,7 @@ class _AugmentedSampler(Messenger):
         kind = _kind(fn)
         if kind is None or getattr(fn, "has_rsample", False):
             return
-        base = _innermost(fn)
+        base = innermost_distribution(fn)
         base_event = 1 if kind == "onehot" else 0
         latent_shape = fn.event_shape[: len(fn.event_shape) - base_event]
         logits = base.logits
@@ -224,7 +220,7 @@ class ARSMELBO(DiscreteELBO):
                         self,
                         "guide site '{}' ({}) is neither Categorical, OneHotCategorical nor Bernoulli "
                         "and cannot be reparameterized. Use TraceScoreELBO or VarGradELBO.".format(
-                            name, type(_innermost(site["fn"])).__name__
+                            name, type(innermost_distribution(site["fn"])).__name__
                         ),
                     )
                 )

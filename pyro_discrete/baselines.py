@@ -24,7 +24,7 @@ data plate has one entry per data point), so it never mixes data points.
     Andriy Mnih, Karol Gregor (ICML 2014)
 """
 
-import torch
+from .core import site_scale
 
 __all__ = [
     "BASELINE_NAMES",
@@ -107,23 +107,15 @@ class MovingAverageBaseline(Baseline):
         self.decay = decay
         self.averages = {}
 
-    @staticmethod
-    def _scale(site):
-        scale = site["scale"]
-        if torch.is_tensor(scale):
-            return None
-        scale = float(scale)
-        return scale if scale != 0.0 else None
-
     def __call__(self, name, site, cost, particle_dim):
         average = self.averages.get(name)
         if average is None:
             return 0.0
-        scale = self._scale(site)
+        scale = site_scale(site)
         return average if scale is None else average * scale
 
     def update(self, name, site, cost):
-        scale = self._scale(site)
+        scale = site_scale(site)
         value = cost.mean() if scale is None else cost.mean() / scale
         value = value.detach()
         average = self.averages.get(name)

@@ -51,17 +51,20 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 __all__ = [
     "DiscreteELBO",
-    "PARTICLE_PLATE",
     "check_model_guide",
     "estimator_error",
     "sample_sites",
     "score_function_sites",
     "site_costs",
+    "innermost_distribution",
     "site_scale",
 ]
 
-#: Name of the plate that :class:`pyro.infer.ELBO` adds for vectorized particles.
-PARTICLE_PLATE = "num_particles_vectorized"
+def innermost_distribution(fn):
+    """The distribution under ``Independent``, ``MaskedDistribution``, ``ExpandedDistribution`` wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
 
 
 def sample_sites(trace):
@@ -276,11 +279,12 @@ def get_importance_traces(max_plate_nesting, model, guide, args, kwargs, guide_t
 
 
 def site_scale(site):
-    """A guide site's subsampling scale as a float, or ``None`` when it is a tensor."""
+    """A site's subsampling scale as a float, or ``None`` when it is a tensor or zero."""
     scale = site["scale"]
     if torch.is_tensor(scale):
         return None
-    return float(scale)
+    scale = float(scale)
+    return scale if scale != 0.0 else None
 
 
 def estimator_error(elbo, message):

@@ -9,15 +9,10 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from .core import DiscreteELBO, estimator_error, sample_sites
+from .core import DiscreteELBO, estimator_error, innermost_distribution, sample_sites
 
 __all__ = ["ExpectELBO", "joint_support"]
 
-
-def _innermost(fn):
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn
 
 
 def joint_support(fn):
@@ -33,7 +28,7 @@ def joint_support(fn):
         shape ``(size,) + fn.event_shape``; ``None`` when the distribution
         cannot be enumerated.
     """
-    base = _innermost(fn)
+    base = innermost_distribution(fn)
     if not getattr(base, "has_enumerate_support", False):
         return None
     base_event = tuple(base.event_shape)
@@ -90,7 +85,7 @@ class _EnumerateGuide(Messenger):
                 estimator_error(
                     self.elbo,
                     "guide site '{}' ({}) can neither be enumerated nor reparameterized. "
-                    "Use TraceScoreELBO or VarGradELBO for it.".format(msg["name"], type(_innermost(fn)).__name__),
+                    "Use TraceScoreELBO or VarGradELBO for it.".format(msg["name"], type(innermost_distribution(fn)).__name__),
                 )
             )
         size, make = support

@@ -13,18 +13,13 @@ from pyro.poutine.subsample_messenger import _Subsample
 from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical, constraints
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from .core import DiscreteELBO, estimator_error
+from .core import DiscreteELBO, estimator_error, innermost_distribution
 
 __all__ = ["RelaxedConcreteELBO", "exponential_decay"]
 
 #: attribute of a relaxed site's value that holds the sample in log / logit space
 _LATENT = "_pyro_discrete_relaxed"
 
-
-def _innermost(fn):
-    while hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn
 
 
 class _LogitRelaxedBernoulli(torch.distributions.Distribution):
@@ -96,7 +91,7 @@ class _RelaxedSite(TorchDistribution):
 
 
 def _relaxed(fn, temperature, straight_through, name, elbo, where):
-    base = _innermost(fn)
+    base = innermost_distribution(fn)
     if isinstance(base, OneHotCategorical):
         kind, base_event = "onehot", 1
     elif isinstance(base, Bernoulli):
