@@ -11,6 +11,7 @@ from torch.distributions import Bernoulli, Categorical, OneHotCategorical
 
 from .core import (
     DiscreteELBO,
+    broadcast_cost,
     check_model_guide,
     cost_terms,
     cost_to_frames,
@@ -263,9 +264,9 @@ class ARSMELBO(DiscreteELBO):
             kind, noise, logits = site["infer"][_NOISE]
             batch_shape = site["fn"].batch_shape
             f_true = cost_to_frames(main_terms, site)
-            f_true = _to_shape(f_true, batch_shape)
+            f_true = broadcast_cost(f_true, batch_shape)
             f_all = cost_to_frames(replay_terms, replayed_guide.nodes[name])
-            f_all = _to_shape(f_all, (total,) + (1,) * (num_batch_dims - len(batch_shape)) + batch_shape)
+            f_all = broadcast_cost(f_all, (total,) + (1,) * (num_batch_dims - len(batch_shape)) + batch_shape)
             f_all = f_all.reshape((total,) + batch_shape)
             f_rows = f_all[offsets[name] : offsets[name] + rows[name].shape[0]]
             grad = _logit_gradient(kind, noise, logits, site["value"], f_true, f_rows, self.binary)
@@ -310,10 +311,3 @@ class ARSMELBO(DiscreteELBO):
                 logits, grad = site[_NOISE]
                 surrogate_loss = surrogate_loss + (grad * logits).sum()
         return -elbo, surrogate_loss
-
-
-def _to_shape(cost, shape):
-    while cost.dim() > len(shape) and cost.shape[0] == 1:
-        cost = cost.squeeze(0)
-    return cost.expand(torch.broadcast_shapes(cost.shape, shape))
-

@@ -167,14 +167,19 @@ def _vectorized_frames(site):
     return frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
 
 
+def broadcast_cost(cost, shape):
+    """A cost from :func:`cost_to_frames` (leading size-1 dims dropped) broadcast to ``shape``."""
+    while cost.dim() > len(shape) and cost.shape[0] == 1:
+        cost = cost.squeeze(0)
+    return cost.expand(torch.broadcast_shapes(cost.shape, shape))
+
+
 def _broadcast_to_site(cost, site):
     score_function = site["score_parts"].score_function
     shape = score_function.shape if torch.is_tensor(score_function) else site["log_prob"].shape
     if cost is None:
         return site["log_prob"].new_zeros(shape)
-    while cost.dim() > len(shape) and cost.shape[0] == 1:
-        cost = cost.squeeze(0)
-    return cost.expand(torch.broadcast_shapes(cost.shape, shape))
+    return broadcast_cost(cost, shape)
 
 
 #: ``infer`` key set by :class:`DetachedSamples` on the sites it draws
