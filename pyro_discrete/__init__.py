@@ -10,6 +10,7 @@ model/guide pair::
 
 from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
+from . import diagnostics
 from .core import DiscreteELBO
 from .expect import ExpectELBO
 from .relaxed import RelaxedConcreteELBO, exponential_decay
@@ -28,5 +29,6 @@ __all__ = [
     "RelaxedConcreteELBO",
     "TraceScoreELBO",
     "VarGradELBO",
+    "diagnostics",
     "exponential_decay",
 ]

@@ -72,6 +72,7 @@ class _EnumerateGuide(Messenger):
         self.budget = budget
         self.total = 1
         self.sites = {}
+        elbo.num_evaluations = elbo.num_particles
 
     def _pyro_sample(self, msg):
         if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
@@ -107,6 +108,7 @@ class _EnumerateGuide(Messenger):
                     ),
                 )
             )
+        self.elbo.num_evaluations = self.total * self.elbo.num_particles
         dim = self.next_dim
         self.next_dim -= 1
         values = make()
@@ -143,6 +145,10 @@ class ExpectELBO(DiscreteELBO):
     Continuous reparameterizable guide sites are sampled (pathwise gradients,
     ``num_particles`` of them, vectorized).
 
+    After each step, :attr:`num_evaluations` holds the number of joint
+    configurations the model was evaluated on (per plate element, times
+    ``num_particles``).
+
     Restriction (shared with Pyro's enumeration): a term outside a plate cannot
     depend on an enumerated site inside it; this is an error naming both.
 
@@ -160,6 +166,7 @@ class ExpectELBO(DiscreteELBO):
     def __init__(self, num_particles=1, budget=10000, **kwargs):
         super().__init__(num_particles=num_particles, **kwargs)
         self.budget = budget
+        self.num_evaluations = None
 
     def _guide_handlers(self):
         return (_EnumerateGuide(self, -self.max_plate_nesting - 1, self.budget),)
