@@ -43,7 +43,6 @@ needs); ``draws_per_batch=1`` makes one draw per pass instead.
 import copy
 import csv
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -170,7 +169,7 @@ class _ParamStoreGuard:
 
     def __enter__(self):
         store = pyro.get_param_store()
-        self.before = {name: store._params[name] for name in store.keys()}
+        self.before = {name: store._params[name] for name in store}
         return self
 
     def __exit__(self, *exc):
@@ -346,7 +345,7 @@ def gradient_statistics(
         try:
             drawer._capture(params)
             loss, grads = drawer()
-        except Exception as e:  # noqa: BLE001 - the model may not broadcast over the draws dim
+        except Exception as e:  # the model may not broadcast over the draws dim
             if draws_per_batch == 1:
                 raise
             warnings.warn(
@@ -426,7 +425,7 @@ def _reference_gradient(reference, model, guide, args, kwargs, tensors, referenc
     drawer.tensors, drawer.touched = dict(tensors), list(tensors.values())
     state = torch.get_rng_state()
     loss1, g1 = drawer()
-    loss2, g2 = drawer()
+    _, g2 = drawer()
     torch.set_rng_state(state)
     deterministic = all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(g1, g2))
     if deterministic:
