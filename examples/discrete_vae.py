@@ -134,6 +134,8 @@ class DiscreteVAE(nn.Module):
     def __init__(self, input_dim, latents=2, categories=10):
         super().__init__()
         self.latents, self.categories = latents, categories
+        # extra infer options of the latent site, e.g. TraceGraph_ELBO's decaying-average baseline
+        self.z_infer = {}
         self.encoder = nn.Sequential(
             nn.Linear(input_dim, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, latents * categories)
         )
@@ -155,7 +157,7 @@ class DiscreteVAE(nn.Module):
         pyro.module("encoder", self.encoder)
         logits = self.encoder(x).reshape(x.shape[:-1] + (self.latents, self.categories))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1))
+            pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1), infer=self.z_infer)
 
     # the same model with one site per latent, for Pyro's TraceEnum_ELBO
     def model_separate(self, x):
@@ -174,6 +176,15 @@ class DiscreteVAE(nn.Module):
         with pyro.plate("data", x.shape[0]):
             for k in range(self.latents):
                 pyro.sample("z{}".format(k), dist.OneHotCategorical(logits=logits[..., k, :]))
+
+
+def prepare_model(vae, name):
+    """``(model, guide)`` of ``vae`` as estimator ``name`` needs them."""
+    if name == "enum":  # Pyro's TraceEnum_ELBO enumerates one site per latent
+        return vae.model_separate, config_enumerate(vae.guide_separate, "parallel")
+    if name == "tracegraph":  # with Pyro's decaying-average baseline
+        vae.z_infer = {"baseline": {"use_decaying_avg_baseline": True}}
+    return vae.model, vae.guide
 
 
 def make_elbo(name, particles):
@@ -298,9 +309,7 @@ def main(argv=None):
     device = torch.device(args.device)
     vae = DiscreteVAE(train_x.shape[1], args.latents).to(device)
     elbo = make_elbo(args.estimator, args.particles)
-    model, guide = vae.model, vae.guide
-    if args.estimator == "enum":
-        model, guide = vae.model_separate, config_enumerate(vae.guide_separate, "parallel")
+    model, guide = prepare_model(vae, args.estimator)
     svi = SVI(model, guide, Adam({"lr": args.lr}), loss=elbo)
     # the test -ELBO: exact (enumeration) for few latents, else a 100-particle estimate
     if args.latents <= 3:
@@ -314,7 +323,10 @@ def main(argv=None):
     start = time.time()
     for epoch in range(1, args.epochs + 1):
         order = torch.randperm(len(train_x))
-        batches = train_x[order].split(args.batch_size)
+        # equal batches: the last partial batch is dropped (TraceGraph_ELBO's
+        # decaying-average baseline is shaped like the batch)
+        batches = train_x[order[: len(order) - len(order) % args.batch_size or None]].split(args.batch_size)
+        seen = sum(len(b) for b in batches)
         total = 0.0
         bar = tqdm(batches, desc="epoch {}/{}".format(epoch, args.epochs), leave=False)
         for batch in bar:
@@ -325,7 +337,7 @@ def main(argv=None):
         test_loss = sum(
             test_elbo.loss(test_model, test_guide, b.to(device)) for b in test_x.split(500)
         ) / len(test_x)
-        history.append({"epoch": epoch, "train_loss": total / len(train_x), "test_loss": test_loss,
+        history.append({"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss,
                         "seconds": time.time() - start})
         print("epoch {:3d}  train -ELBO {:8.3f}  test -ELBO {:8.3f}  ({:.0f}s)".format(
             epoch, history[-1]["train_loss"], test_loss, history[-1]["seconds"]))

@@ -270,7 +270,10 @@ def _evaluations(elbo, guide, args, kwargs):
         size = 1
         for site in trace.nodes.values():
             if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel":
-                size *= site["value"].shape[site["infer"]["_enumerate_dim"]] if "_enumerate_dim" in site["infer"] else 1
+                dim = site["infer"].get("_enumerate_dim")
+                if dim is not None:
+                    batch_shape = site["value"].shape[: site["value"].dim() - len(site["fn"].event_shape)]
+                    size *= batch_shape[dim]
         return float(size * particles)
     return float(particles)
 
@@ -449,8 +452,10 @@ def _add_bias(stats, ref, ref_se2, ref_loss, se2):
         noise = se2[name] + ref_se2[name].to(mean)
         stats.squared_bias[name] = (bias.pow(2) - noise).sum().item()
         stats.mse[name] = stats.variance[name].sum().item() + stats.squared_bias[name]
-        # floating-point noise of an exact estimator is not bias
-        sd = noise.sqrt().clamp(min=0) + 1e-9 * (1 + ref[name].to(mean).abs())
+        # rounding errors of an exact estimator are not bias
+        r = ref[name].to(mean).abs()
+        tiny = 1e3 * torch.finfo(mean.dtype).eps * (r + r.mean()) + torch.finfo(mean.dtype).tiny
+        sd = noise.sqrt() + tiny
         if bias.numel():
             worst = max(worst, (bias.abs() / sd).max().item())
     stats.bias_z = worst
