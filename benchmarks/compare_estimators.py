@@ -134,15 +134,23 @@ def write_outputs(rows, out):
         print("matplotlib is not installed: no plot (pip install -e '.[examples]')")
         return files
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+
+    def positive(values):  # zero (exact estimators) and estimates below zero are not drawn on a log axis
+        return [v if v > 0 else float("nan") for v in values]
+
+    later = []
     for name in last:
         rs = [r for r in rows if r["estimator"] == name]
         steps = [r["step"] for r in rs]
         axes[0].plot(steps, [r["heldout_neg_elbo"] for r in rs], "o-", label=name)
-        axes[1].plot(steps, [max(r["encoder_variance"], 1e-30) for r in rs], "o-", label=name)
-        axes[2].plot(steps, [max(r["encoder_squared_bias"], 1e-30) for r in rs], "o-", label=name)
+        later += [r["heldout_neg_elbo"] for r in rs if r["step"] > 0]
+        axes[1].plot(steps, positive([r["encoder_variance"] for r in rs]), "o-", label=name)
+        axes[2].plot(steps, positive([r["encoder_squared_bias"] for r in rs]), "o-", label=name)
+    if later:  # the first checkpoint (untrained) would squash the rest
+        axes[0].set_ylim(min(later) - 5, max(later) + 10)
     axes[0].set_ylabel("held-out -ELBO (exact)")
-    axes[1].set_ylabel("encoder gradient variance")
-    axes[2].set_ylabel("encoder gradient squared bias")
+    axes[1].set_ylabel("encoder gradient variance (exact: 0, not drawn)")
+    axes[2].set_ylabel("encoder gradient squared bias (where > 0)")
     for ax in axes:
         ax.set_xlabel("step")
     axes[1].set_yscale("log")
@@ -181,7 +189,13 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "compare"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replot", default=None, help="only redraw the outputs from an earlier compare.csv")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            rows = [{k: (v if k == "estimator" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        print("wrote", ", ".join(write_outputs(rows, os.path.dirname(os.path.abspath(args.replot)))))
+        return 0
     names = [n.strip() for n in args.estimators.split(",") if n.strip()]
     unknown = [n for n in names if n not in ESTIMATORS]
     if unknown:

@@ -76,8 +76,13 @@ def _find(data_dir, stem):
     return None
 
 
-def load_mnist(data_dir):
-    """MNIST from IDX files in ``data_dir`` (plain names or torchvision's raw/ layout)."""
+def load_mnist(data_dir, binarize=True):
+    """
+    MNIST from IDX files in ``data_dir`` (plain names or torchvision's raw/ layout):
+    pixels thresholded at 127 (``binarize=True``) or grey levels in [0, 1], which
+    the Bernoulli likelihood then scores as cross-entropy targets (as the
+    Storchastic tutorial does).
+    """
     paths = [_find(data_dir, stem) for stem in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")]
     if None in paths:
         try:  # optional: torchvision's download, when it imports and the network allows
@@ -96,6 +101,8 @@ def load_mnist(data_dir):
         train, test = (_read_idx(p) for p in paths)
     except (OSError, EOFError, ValueError) as e:
         raise DataError("could not read MNIST from {!r}: {}".format(data_dir, e)) from None
+    if not binarize:
+        return torch.from_numpy(train / np.float32(255)), torch.from_numpy(test / np.float32(255)), (28, 28)
     # dynamic binarization is common; a fixed threshold keeps runs comparable
     return torch.from_numpy((train > 127).astype(np.float32)), torch.from_numpy((test > 127).astype(np.float32)), (28, 28)
 
@@ -119,12 +126,12 @@ def load_binarized_mnist(data_dir):
     )
 
 
-def load_data(name, data_dir):
+def load_data(name, data_dir, binarize=True):
     if name == "digits":
         return load_digits()
     if data_dir is None or not os.path.isdir(data_dir):
         raise DataError("--data {} needs --data-dir pointing to an existing directory (got {!r})".format(name, data_dir))
-    return load_mnist(data_dir) if name == "mnist" else load_binarized_mnist(data_dir)
+    return load_mnist(data_dir, binarize) if name == "mnist" else load_binarized_mnist(data_dir)
 
 
 # ----------------------------------------------------------------------
@@ -136,6 +143,8 @@ class DiscreteVAE(nn.Module):
         self.latents, self.categories = latents, categories
         # extra infer options of the latent site, e.g. TraceGraph_ELBO's decaying-average baseline
         self.z_infer = {}
+        # grey-level targets are outside the Bernoulli's support: skip that check
+        self.validate_obs = None
         self.encoder = nn.Sequential(
             nn.Linear(input_dim, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, latents * categories)
         )
@@ -146,12 +155,16 @@ class DiscreteVAE(nn.Module):
     def decode(self, z):
         return self.decoder(z.reshape(z.shape[:-2] + (-1,)))
 
+    def likelihood(self, logits):
+        v = self.validate_obs
+        return dist.Independent(dist.Bernoulli(logits=logits, validate_args=v), 1, validate_args=v)
+
     def model(self, x):
         pyro.module("decoder", self.decoder)
         prior = x.new_zeros(self.latents, self.categories)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.OneHotCategorical(logits=prior).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
+            pyro.sample("x", self.likelihood(self.decode(z)), obs=x)
 
     def guide(self, x):
         pyro.module("encoder", self.encoder)
@@ -168,7 +181,7 @@ class DiscreteVAE(nn.Module):
                 for k in range(self.latents)
             ]
             z = torch.stack(torch.broadcast_tensors(*zs), -2)
-            pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
+            pyro.sample("x", self.likelihood(self.decode(z)), obs=x)
 
     def guide_separate(self, x):
         pyro.module("encoder", self.encoder)
@@ -284,13 +297,16 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--data", choices=["digits", "mnist", "binarized-mnist"], default="digits")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--binarize", choices=["threshold", "none"], default="threshold",
+                        help="--data mnist: threshold pixels at 127, or keep grey levels as cross-entropy targets "
+                        "(the Storchastic tutorial's choice)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/discrete_vae")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     try:
-        train_x, test_x, shape = load_data(args.data, args.data_dir)
+        train_x, test_x, shape = load_data(args.data, args.data_dir, args.binarize == "threshold")
     except DataError as e:
         print("error: {}".format(e), file=sys.stderr)
         return 2
@@ -308,6 +324,8 @@ def main(argv=None):
     pyro.clear_param_store()
     device = torch.device(args.device)
     vae = DiscreteVAE(train_x.shape[1], args.latents).to(device)
+    if args.binarize == "none":
+        vae.validate_obs = False
     elbo = make_elbo(args.estimator, args.particles)
     model, guide = prepare_model(vae, args.estimator)
     svi = SVI(model, guide, Adam({"lr": args.lr}), loss=elbo)

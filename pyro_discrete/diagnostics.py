@@ -346,8 +346,9 @@ def gradient_statistics(
     with _ParamStoreGuard():
         drawer = _Drawer(elbo, model, guide, args, kwargs, draws_per_batch, plate_nesting)
         try:
-            drawer._capture(params)
-            loss, grads = drawer()
+            with _ParamStoreGuard():  # a failed attempt may have written to the param store
+                drawer._capture(params)
+                loss, grads = drawer()
         except Exception as e:  # the model may not broadcast over the draws dim
             if draws_per_batch == 1:
                 raise

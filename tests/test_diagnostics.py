@@ -207,3 +207,27 @@ def test_bad_arguments(bernoulli):
         gradient_statistics(Trace_ELBO(), model, guide, num_draws=4, reference="exactly")
     with pytest.raises(KeyError, match="nope"):
         gradient_statistics(Trace_ELBO(), model, guide, num_draws=4, params=["nope"])
+
+
+def test_tracegraph_with_running_average_state():
+    """Pyro's decaying-average baseline is shaped like the batch: the draws fall back to one per pass."""
+    family = make_family("to_event_onehot")
+    init_params(family)
+
+    def guide(x):
+        q = pyro.param("q_logits")
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.OneHotCategorical(logits=q).to_event(1),
+                        infer={"baseline": {"use_decaying_avg_baseline": True}})
+
+    elbo = TraceGraph_ELBO()
+    elbo.loss_and_grads(family.model, guide, *family.args)  # creates the running average
+    store = pyro.get_param_store()
+    state = {n: store[n].clone() for n in store if n.startswith("__baseline")}
+    assert state
+    with pytest.warns(UserWarning, match="vectorized draws failed"):
+        stats = gradient_statistics(elbo, family.model, guide, *family.args, num_draws=400, reference="exact")
+    assert stats.draws_per_batch == 1
+    assert stats.bias_z < 5
+    for n, v in state.items():
+        assert torch.equal(store[n], v)
