@@ -16,7 +16,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Dirichlet, ExpRelaxedCategorical
+from torch.distributions import Dirichlet
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from pyro_discrete.arsm import _logit_gradient, _pseudo_actions
 
@@ -24,7 +25,8 @@ from pyro_discrete.arsm import _logit_gradient, _pseudo_actions
 def _log_lik(vae, z, x):
     """log p(x | z) per sample and data point (Bernoulli pixels)."""
     logits = vae.decode(z)
-    return -F.binary_cross_entropy_with_logits(logits, x.expand(logits.shape), reduction="none").sum(-1)
+    shape = torch.broadcast_shapes(logits.shape, x.shape)
+    return -F.binary_cross_entropy_with_logits(logits.expand(shape), x.expand(shape), reduction="none").sum(-1)
 
 
 def _log_prior(vae):
