@@ -74,11 +74,18 @@ def peak_memory(step, device):
         step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - start
+    import gc
+
     from torch.profiler import ProfilerActivity, profile
 
+    gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    # every allocation and free of the step, in order (frees of blocks allocated
+    # before the step are not reported by the profiler)
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
     current = peak = 0
     for _, nbytes in events:
         current += nbytes

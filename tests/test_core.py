@@ -9,7 +9,14 @@ import torch
 from pyro import poutine
 
 from pyro_discrete import TraceScoreELBO
-from pyro_discrete.core import fused_log_prob, get_importance_traces, score_function_sites, site_costs
+from pyro_discrete.core import (
+    CategoricalSampler,
+    fused_log_prob,
+    get_importance_traces,
+    sample_categorical,
+    score_function_sites,
+    site_costs,
+)
 
 
 @pytest.mark.parametrize("param", ["logits", "probs"])
@@ -201,3 +208,53 @@ def test_autoguides_for_continuous_latents(autoguide):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
     for a, b in zip(results[0][1], results[1][1]):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("param", ["logits", "probs"])
+def test_sample_categorical_matches_probabilities(dtype, param):
+    # expanded like a particle plate does; zero-probability categories first,
+    # in the middle and last must never be drawn
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0], [0.5, 0.0, 0.2, 0.1, 0.0, 0.2]], dtype=dtype)
+    kwargs = {"probs": probs} if param == "probs" else {"logits": probs.log()}
+    num_draws = 20000
+    categorical = torch.distributions.Categorical(**kwargs).expand((num_draws, 2))
+    torch.manual_seed(0)
+    index = sample_categorical(categorical)
+    assert index.shape == (num_draws, 2) and index.dtype == torch.long
+    for row in range(2):
+        freq = torch.bincount(index[:, row], minlength=6).to(dtype) / num_draws
+        p = probs[row]
+        se = (p * (1 - p) / num_draws).sqrt()
+        assert (freq[p == 0] == 0).all()
+        assert ((freq - p).abs() <= 5 * se + 1e-12).all(), (freq, p)
+
+
+def test_sample_categorical_can_fail():
+    # the check above detects a sampler off by 2% in one category
+    p = torch.tensor([0.5, 0.5])
+    freq = torch.tensor([0.52, 0.48])
+    se = (p * (1 - p) / 20000).sqrt()
+    assert not ((freq - p).abs() <= 5 * se).all()
+
+
+def test_categorical_sampler_draws_sites_and_leaves_given_values():
+    logits = torch.randn(3, 4)
+
+    def guide():
+        with pyro.plate("particles", 5, dim=-2), pyro.plate("data", 3, dim=-1):
+            a = pyro.sample("a", dist.OneHotCategorical(logits=logits))
+            b = pyro.sample("b", dist.Categorical(logits=logits))
+            c = pyro.sample("c", dist.OneHotCategorical(logits=logits.unsqueeze(-2).expand(3, 2, 4)).to_event(1))
+            d = pyro.sample("d", dist.Categorical(logits=logits), obs=torch.zeros(3, dtype=torch.long))
+        return a, b, c, d
+
+    a, b, c, d = CategoricalSampler()(guide)()
+    assert a.shape == (5, 3, 4) and a.dtype == logits.dtype and (a.sum(-1) == 1).all()
+    assert b.shape == (5, 3) and b.dtype == torch.long
+    assert c.shape == (5, 3, 2, 4) and (c.sum(-1) == 1).all()
+    assert (d == 0).all()
+    given = poutine.trace(guide).get_trace()
+    replayed = poutine.trace(CategoricalSampler()(poutine.replay(guide, trace=given))).get_trace()
+    for name in "abc":
+        assert torch.equal(replayed.nodes[name]["value"], given.nodes[name]["value"])
