@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """
 Shared pieces of the benchmarks: the Storchastic tutorial's discrete VAE as a
-Pyro model/guide and as plain PyTorch, the data, hand-written training steps
-and a timer that interleaves the contenders so that they see the same machine.
+Pyro model/guide and as plain PyTorch, the data, a timer that interleaves the
+contenders so that they see the same machine, and table writing. The
+hand-written training steps are in ``handwritten.py``.
 """
 
 import csv
@@ -14,7 +15,6 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,48 +78,24 @@ class DiscreteVAE(nn.Module):
             pyro.sample("z", dist.OneHotCategorical(logits=self.encode(x)).to_event(1))
 
 
-def handwritten_score_step(vae, optimizer, x, num_samples, baseline="loo"):
-    """
-    One step of the score-function estimator with a leave-one-out baseline
-    (or none), written directly in PyTorch: the reference the Pyro estimators
-    are timed against. Loss = -ELBO summed over the batch, averaged over samples.
-    """
-    optimizer.zero_grad()
-    logits = vae.encode(x)  # (B, K, C)
-    log_probs = logits.log_softmax(-1)
-    with torch.no_grad():
-        idx = torch.distributions.Categorical(logits=logits).sample((num_samples,))  # (S, B, K)
-        z = F.one_hot(idx, vae.categories).to(x.dtype)
-    log_q = (z * log_probs).sum((-1, -2))  # (S, B)
-    recon = vae.decode(z)  # (S, B, 784)
-    log_lik = -F.binary_cross_entropy_with_logits(recon, x.expand_as(recon), reduction="none").sum(-1)
-    log_prior = -vae.latents * np.log(vae.categories)
-    cost = (log_q - log_lik - log_prior).detach()  # -ELBO per sample and data point
-    if baseline == "loo":
-        centered = (cost.sum(0, keepdim=True) - cost) / (num_samples - 1)
-        centered = cost - centered
-    else:
-        centered = cost
-    surrogate = ((log_q * centered).sum() - log_lik.sum()) / num_samples
-    surrogate.backward()
-    optimizer.step()
-    return cost.sum().item() / num_samples
-
-
-def time_interleaved(contenders, warmup=5, rounds=5, steps_per_round=10):
+def time_interleaved(contenders, warmup=5, rounds=5, steps_per_round=10, sync=None):
     """
     ``contenders``: dict name -> zero-argument step function. Runs them in
     interleaved rounds and returns name -> list of per-round ms/step.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called around every round.
     """
+    sync = sync or (lambda: None)
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
+            sync()
             start = time.perf_counter()
             for _ in range(steps_per_round):
                 fn()
+            sync()
             times[name].append(1000 * (time.perf_counter() - start) / steps_per_round)
     return times
 

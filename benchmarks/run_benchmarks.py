@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-The benchmark suite: ms per SVI step and peak memory of every estimator on the
+The benchmark suite: ms per step and peak memory of every estimator on the
 Storchastic tutorial's VAE (784-512-256 encoder, mirrored decoder), each next
 to a hand-written PyTorch step of the same estimator (``handwritten.py``) timed
 in the same run, interleaved. One thing varies at a time from the base point
@@ -11,31 +11,49 @@ latents 2x10/20x10::
     python benchmarks/run_benchmarks.py --quick         # base point only
     python benchmarks/run_benchmarks.py --device cuda   # on a GPU
 
-Writes ``benchmarks/results/grid[_<device>].{csv,md}``. Columns: ms/step of the
-Pyro estimator (``pyro_discrete`` or Pyro's own, through ``pyro.infer.SVI``),
-of its hand-written step, their ratio; peak memory of one step (CPU: tensor
-memory allocated during the step, from ``torch.profiler``; CUDA:
-``torch.cuda.max_memory_allocated``) and its ratio. Pyro's validation is off
-(as in production runs); the hand-written steps validate nothing either.
+Every estimator is run two ways, both Pyro-native:
+
+* ``svi``: ``pyro.infer.SVI(model, guide, pyro.optim.Adam, loss=elbo).step(x)``;
+* ``torch``: ``elbo.differentiable_loss(model, guide, x).backward()`` with a
+  ``torch.optim.Adam`` over the network's parameters (what
+  ``elbo(model, guide)`` does for ``nn.Module`` s, the interface Pyro documents
+  for PyTorch optimizers and Lightning).
+
+The difference between the two is Pyro's SVI machinery, the same for every
+ELBO: it captures the parameters with a trace, steps one optimizer per
+parameter, and after the step replaces every gradient by a freshly allocated
+zero tensor (``pyro.infer.util.zero_grads``) that the next backward pass adds
+into, where ``optimizer.zero_grad()`` frees it.
+
+Memory is counted by the allocator (CPU: every allocation and free seen by
+``torch.profiler``, from before the model is built; CUDA:
+``torch.cuda.max_memory_allocated``): ``peak MB`` is the largest amount of
+tensor memory a contender holds at any moment of one step (parameters,
+gradients, optimizer state and activations), ``step MB`` the part of it above
+what was held when the step began (activations and temporaries).
+
+Writes ``benchmarks/results/grid[_<device>].{csv,md}``. Pyro's validation is
+off (as in production runs); the hand-written steps validate nothing either.
 """
 
 import argparse
 import copy
+import gc
 import itertools
 import os
 import platform
 import statistics
 import sys
-import time
 
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
+from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import DiscreteVAE, benchmark_data, write_table  # noqa: E402
+from common import DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
 from handwritten import make_step  # noqa: E402
 
 from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
@@ -65,50 +83,89 @@ def grid(quick):
     return points
 
 
-def peak_memory(step, device):
-    """Peak memory allocated during one call of ``step`` (bytes)."""
+def memory_use(build, device, warmup=2):
+    """
+    ``(peak, step)`` bytes of one step of the contender made by ``build()``:
+    its largest tensor memory held during the step, and that peak minus what it
+    held when the step began. ``build`` makes the model, the optimizer and the
+    step function inside the accounting window, so that everything the
+    contender holds is counted.
+    """
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step = build()
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        gc.collect()
         start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - start
-    import gc
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
+        peak = torch.cuda.max_memory_allocated()
+        return peak - before, peak - start
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    # every allocation and free of the step, in order (frees of blocks allocated
-    # before the step are not reported by the profiler)
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
-    current = peak = 0
-    for _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak
-
-
-def time_pair(steps, device, warmup, rounds, per_round):
-    """Interleaved rounds: name -> median ms/step."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in steps.values():
+        step = build()
         for _ in range(warmup):
-            fn()
-    times = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            sync()
-            start = time.perf_counter()
-            for _ in range(per_round):
-                fn()
-            sync()
-            times[name].append(1000 * (time.perf_counter() - start) / per_round)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            step()
+        gc.collect()
+        with record_function("measured step"):
+            step()
+    events = list(prof.profiler.kineto_results.events())
+    window = next(e for e in events if e.name() == "measured step")
+    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    held = start = peak = 0
+    for time_ns, nbytes in memory:
+        if time_ns > window.end_ns():
+            break
+        if time_ns < window.start_ns():
+            held += nbytes
+            start = peak = held
+            continue
+        held += nbytes
+        peak = max(peak, held)
+    return peak, peak - start
+
+
+def builders(name, base, num_particles, batches):
+    """Zero-argument functions that make the three contenders' step functions."""
+    make_elbo, hand_name, _, _ = ESTIMATORS[name]
+
+    def model_and_guide(vae):
+        if name == "pyro TraceEnum_ELBO":
+            return separate_model_guide(vae)
+        return vae.model, vae.guide
+
+    def build_svi():
+        vae = copy.deepcopy(base)
+        vae.name = "svi"
+        model, guide = model_and_guide(vae)
+        svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=make_elbo(num_particles))
+        return lambda: svi.step(next(batches))
+
+    def build_torch():
+        vae = copy.deepcopy(base)
+        vae.name = "torch"
+        model, guide = model_and_guide(vae)
+        elbo = make_elbo(num_particles)
+        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+
+        def step():
+            optimizer.zero_grad()
+            loss = elbo.differentiable_loss(model, guide, next(batches))
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        return step
+
+    def build_hand():
+        step = make_step(hand_name, copy.deepcopy(base))
+        return lambda: step(next(batches), num_particles)
+
+    return {"svi": build_svi, "torch": build_torch, "hand": build_hand}
 
 
 def run_point(point, names, data, device, args, progress):
@@ -126,30 +183,31 @@ def run_point(point, names, data, device, args, progress):
         if hand_name in ("loo", "vargrad") and S < 2:
             continue  # leave-one-out needs 2 particles
         s = S if uses_particles else 1
-        vae_pyro = copy.deepcopy(base)
-        vae_pyro.name = "bench"
         pyro.clear_param_store()
-        model, guide = vae_pyro.model, vae_pyro.guide
-        if name == "pyro TraceEnum_ELBO":
-            model, guide = separate_model_guide(vae_pyro)
-        svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=make_elbo(s))
-        vae_hand = copy.deepcopy(base)
-        hand = make_step(hand_name, vae_hand)
-        steps = {"pyro": lambda: svi.step(next(batches)), "hand": lambda: hand(next(batches), s)}
+        build = builders(name, base, s, batches)
         per_round = max(1, args.steps // max(1, (B * s) // 640))
-        ms = time_pair(steps, device, args.warmup, args.rounds, per_round)
-        mem = {k: peak_memory(fn, device) for k, fn in steps.items()}
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        times = time_interleaved({k: f() for k, f in build.items()}, args.warmup, args.rounds, per_round, sync)
+        ms = {k: statistics.median(v) for k, v in times.items()}
+        pyro.clear_param_store()
+        mem = {k: memory_use(f, device) for k, f in build.items()}
+        mb = {k: (v[0] / 2**20, v[1] / 2**20) for k, v in mem.items()}
         row = {
             "estimator": name, "varied": point["varied"], "latents": "{}x10".format(K), "batch": B,
             "particles": s if uses_particles else "-",
-            "ms/step": ms["pyro"], "hand-written ms/step": ms["hand"], "time ratio": ms["pyro"] / ms["hand"],
-            "peak MB": mem["pyro"] / 2**20, "hand-written peak MB": mem["hand"] / 2**20,
-            "memory ratio": mem["pyro"] / max(mem["hand"], 1),
+            "SVI ms": ms["svi"], "torch ms": ms["torch"], "hand ms": ms["hand"],
+            "SVI time ratio": ms["svi"] / ms["hand"], "torch time ratio": ms["torch"] / ms["hand"],
+            "SVI peak MB": mb["svi"][0], "torch peak MB": mb["torch"][0], "hand peak MB": mb["hand"][0],
+            "SVI memory ratio": mb["svi"][0] / mb["hand"][0], "torch memory ratio": mb["torch"][0] / mb["hand"][0],
+            "SVI step MB": mb["svi"][1], "torch step MB": mb["torch"][1], "hand step MB": mb["hand"][1],
+            "torch step memory ratio": mb["torch"][1] / mb["hand"][1],
         }
         rows.append(row)
-        progress("{:>20} K={:<2} B={:<4} S={:<3} {:8.2f} ms vs {:8.2f} ms ({:.2f}x)  {:7.1f} MB vs {:7.1f} MB ({:.2f}x)".format(
-            name, K, B, s, ms["pyro"], ms["hand"], row["time ratio"], row["peak MB"], row["hand-written peak MB"],
-            row["memory ratio"]))
+        progress(
+            "{:>20} K={:<2} B={:<4} S={:<3} ms svi {:7.2f} torch {:7.2f} hand {:7.2f} ({:.2f}x, {:.2f}x)  "
+            "peak MB {:6.1f} {:6.1f} {:6.1f}  step MB {:6.1f} {:6.1f} {:6.1f}".format(
+                name, K, B, s, ms["svi"], ms["torch"], ms["hand"], row["SVI time ratio"], row["torch time ratio"],
+                *mb["svi"][:1], *mb["torch"][:1], *mb["hand"][:1], mb["svi"][1], mb["torch"][1], mb["hand"][1]))
     return rows
 
 
@@ -181,7 +239,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="the base point only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=5, help="steps per round at the base point")
     parser.add_argument("--out", default=None, help="table name (default grid or grid_<device>)")
     args = parser.parse_args(argv)

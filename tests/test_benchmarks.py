@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The benchmark's references are the same estimators: with the same random
+numbers, each hand-written PyTorch loss (``benchmarks/handwritten.py``) has the
+gradient of the Pyro estimator it is timed against. And the benchmark's
+contenders and memory accounting run.
+"""
+
+import itertools
+import os
+import sys
+
+import pyro
+import pytest
+import torch
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+from common import DiscreteVAE, synthetic_binary_images  # noqa: E402
+from handwritten import LOSSES  # noqa: E402
+from run_benchmarks import builders, memory_use  # noqa: E402
+
+from pyro_discrete import ExpectELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
+
+PYRO_ESTIMATORS = {
+    "loo": lambda: TraceScoreELBO(num_particles=5, baseline="loo", max_plate_nesting=1),
+    "score": lambda: TraceScoreELBO(num_particles=5, baseline=None, max_plate_nesting=1),
+    "vargrad": lambda: VarGradELBO(num_particles=5, max_plate_nesting=1),
+    "expect": lambda: ExpectELBO(max_plate_nesting=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYRO_ESTIMATORS))
+def test_handwritten_step_has_the_estimators_gradient(name):
+    torch.manual_seed(0)
+    vae = DiscreteVAE(latents=2, categories=3).double()
+    x = synthetic_binary_images(6).double()
+    params = list(vae.parameters())
+    elbo = PYRO_ESTIMATORS[name]()
+    num_samples = elbo.num_particles
+    # both draw their categorical samples with one torch.rand of the same shape
+    torch.manual_seed(1)
+    loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+    pyro_grads = torch.autograd.grad(loss, params)
+    torch.manual_seed(1)
+    hand_grads = torch.autograd.grad(LOSSES[name](vae, x, num_samples), params)
+    for p, h in zip(pyro_grads, hand_grads):
+        assert torch.allclose(p, h, rtol=1e-9, atol=1e-9), (p - h).abs().max()
+    if name == "expect":
+        assert loss.item() == pytest.approx(LOSSES[name](vae, x, 1).item(), rel=1e-12)
+
+
+def test_handwritten_check_can_fail():
+    # a different estimator (no baseline vs leave-one-out) is told apart
+    torch.manual_seed(0)
+    vae = DiscreteVAE(latents=2, categories=3).double()
+    x = synthetic_binary_images(6).double()
+    params = list(vae.parameters())
+    torch.manual_seed(1)
+    loss = PYRO_ESTIMATORS["loo"]().differentiable_loss(vae.model, vae.guide, x)
+    pyro_grads = torch.autograd.grad(loss, params)
+    torch.manual_seed(1)
+    hand_grads = torch.autograd.grad(LOSSES["score"](vae, x, 5), params)
+    assert not all(torch.allclose(p, h, rtol=1e-9, atol=1e-9) for p, h in zip(pyro_grads, hand_grads))
+
+
+@pytest.mark.parametrize("name", ["TraceScoreELBO(loo)", "ARSMELBO", "RelaxedConcreteELBO", "pyro TraceEnum_ELBO"])
+def test_benchmark_contenders_run(name):
+    torch.set_default_dtype(torch.float32)
+    with pyro.validation_enabled(False):
+        base = DiscreteVAE(latents=2)
+        batches = itertools.cycle(synthetic_binary_images(8).split(4))
+        build = builders(name, base, 2, batches)
+        for key, make in build.items():
+            step = make()
+            loss = step()
+            assert loss == loss  # not NaN
+            peak, step_bytes = memory_use(make, torch.device("cpu"), warmup=1)
+            # at least the parameters and their gradients are held
+            num_bytes = 4 * sum(p.numel() for p in base.parameters())
+            assert peak >= 2 * num_bytes > 0 and 0 < step_bytes <= peak, (key, peak, step_bytes)
