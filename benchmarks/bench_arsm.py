@@ -21,7 +21,7 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import DiscreteVAE, benchmark_data, median, time_interleaved, write_table  # noqa: E402
+from bench_common import DiscreteVAE, benchmark_data, median, time_interleaved, write_table  # noqa: E402
 
 from pyro_discrete import ARSMELBO, TraceScoreELBO  # noqa: E402
 

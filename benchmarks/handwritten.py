@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """
 Hand-written PyTorch training steps of each estimator on the tutorial VAE
-(:class:`common.DiscreteVAE`): the references the Pyro estimators are timed
+(:class:`bench_common.DiscreteVAE`): the references the Pyro estimators are timed
 against. Each does the arithmetic its estimator does -- the same samples per
 step, the same network evaluations, the same loss (-ELBO summed over the batch,
 averaged over samples) -- with no effect handlers and one ``torch.optim.Adam``.

@@ -53,7 +53,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
+from bench_common import DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
 from handwritten import make_step  # noqa: E402
 
 from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO  # noqa: E402

@@ -17,7 +17,7 @@ import torch
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
-from common import DiscreteVAE, synthetic_binary_images  # noqa: E402
+from bench_common import DiscreteVAE, synthetic_binary_images  # noqa: E402
 from handwritten import LOSSES  # noqa: E402
 from run_benchmarks import builders, memory_use  # noqa: E402
 
