@@ -9,6 +9,7 @@ latents 2x10/20x10::
 
     python benchmarks/run_benchmarks.py                 # the whole grid, CPU
     python benchmarks/run_benchmarks.py --quick         # base point only
+    python benchmarks/run_benchmarks.py --varied base,batch --rounds 21 --out headline
     python benchmarks/run_benchmarks.py --device cuda   # on a GPU
 
 Every estimator is run two ways, both Pyro-native:
@@ -31,6 +32,18 @@ Memory is counted by the allocator (CPU: every allocation and free seen by
 tensor memory a contender holds at any moment of one step (parameters,
 gradients, optimizer state and activations), ``step MB`` the part of it above
 what was held when the step began (activations and temporaries).
+
+The allocator: with glibc's default tuning, every step returns its large
+temporaries (a few MB) to the system and faults them back in on the next step;
+on the 2-core VM these benchmarks were written on, a page fault costs about
+5 us, which adds milliseconds per step that depend on the order in which each
+contender happens to allocate and free, not on its arithmetic (the same step
+ran 1.1-1.7x slower, and the same Pyro step's binary cross-entropy took 1.6 ms
+instead of 0.7 ms). So the script restarts itself with
+``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set, so that freed
+memory stays in the process (the effect PyTorch's CPU tuning guide gets from
+jemalloc or tcmalloc); ``--default-malloc`` keeps the default. Every row
+records which was used.
 
 Writes ``benchmarks/results/grid[_<device>].{csv,md}``. Pyro's validation is
 off (as in production runs); the hand-written steps validate nothing either.
@@ -72,13 +85,13 @@ ESTIMATORS = {
 }
 
 
-def grid(quick):
+def grid(quick=False, batches=(256, 1024)):
     base = {"latents": 2, "batch": 64, "particles": 10}
-    if quick:
-        return [dict(base, varied="base")]
     points = [dict(base, varied="base")]
+    if quick:
+        return points
     points += [dict(base, particles=p, varied="particles") for p in (1, 4, 16, 64)]
-    points += [dict(base, batch=b, varied="batch") for b in (256, 1024)]
+    points += [dict(base, batch=b, varied="batch") for b in batches]
     points += [dict(base, latents=20, varied="latents")]
     return points
 
@@ -233,27 +246,49 @@ def separate_model_guide(vae):
     return model, config_enumerate(guide, "parallel")
 
 
+#: glibc malloc tunables for the timings: keep freed memory in the process
+#: instead of returning it to the system after every step (see the docstring)
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def _malloc_tuned():
+    return all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--estimators", default=",".join(ESTIMATORS))
     parser.add_argument("--quick", action="store_true", help="the base point only")
+    parser.add_argument("--varied", default="base,particles,batch,latents",
+                        help="which rows of the grid to run (comma-separated)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=5, help="steps per round at the base point")
     parser.add_argument("--out", default=None, help="table name (default grid or grid_<device>)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc tuning (see the module docstring)")
     args = parser.parse_args(argv)
+    if argv is None and not args.default_malloc and not _malloc_tuned():
+        # glibc reads its tunables at start-up: start again with them set
+        os.environ.update(MALLOC_TUNING)
+        os.execv(sys.executable, [sys.executable] + sys.argv)
     names = [n.strip() for n in args.estimators.split(",")]
     device = torch.device(args.device)
     pyro.enable_validation(False)
     data, source = benchmark_data(1024 * 4)
-    points = grid(args.quick)
-    print("data: {}; torch {} on {} ({} threads, {}); {} points".format(
+    varied = set(v.strip() for v in args.varied.split(","))
+    points = [p for p in grid(args.quick) if p["varied"] in varied]
+    malloc = "glibc default" if not _malloc_tuned() else "glibc with " + " ".join(
+        "{}={}".format(k, v) for k, v in MALLOC_TUNING.items())
+    print("data: {}; torch {} on {} ({} threads, {}); malloc: {}; {} points".format(
         source, torch.__version__, device, torch.get_num_threads(), platform.processor() or platform.machine(),
-        len(points)), flush=True)
+        malloc, len(points)), flush=True)
     rows = []
     for point in points:
         rows += run_point(point, names, data, device, args, lambda s: print(s, flush=True))
+    for row in rows:
+        row["malloc"] = "tuned" if _malloc_tuned() else "default"
     name = args.out or ("grid" if device.type == "cpu" else "grid_" + device.type)
     csv_path, md_path = write_table(rows, name, list(rows[0]))
     print("wrote", csv_path, md_path)

@@ -388,6 +388,16 @@ def check_model_guide(elbo, model_trace, guide_trace):
         )
 
 
+def _total(terms):
+    """The sum of a list of tensors or numbers without a leading ``0 +`` op; ``0.`` when empty."""
+    if not terms:
+        return 0.0
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 class DiscreteELBO(ELBO):
     """
     Base class of the ELBO implementations in :mod:`pyro_discrete`.
@@ -503,16 +513,17 @@ class DiscreteELBO(ELBO):
         each guide site's ``entropy_term`` (``log q`` for reparameterized sites,
         zero for the others, whose gradient comes from their estimator).
         """
-        elbo = 0.0
-        surrogate = 0.0
-        for _, site in sample_sites(model_trace):
-            elbo = elbo + site["log_prob_sum"]
-            surrogate = surrogate + site["log_prob_sum"]
+        model_terms = [site["log_prob_sum"] for _, site in sample_sites(model_trace)]
+        guide_terms = []
+        entropy_terms = []
         for _, site in sample_sites(guide_trace):
-            elbo = elbo - site["log_prob_sum"]
+            guide_terms.append(site["log_prob_sum"])
             entropy_term = site["score_parts"].entropy_term
             if not is_identically_zero(entropy_term):
-                surrogate = surrogate - entropy_term.sum()
+                entropy_terms.append(entropy_term.sum())
+        model_sum = _total(model_terms)
+        elbo = model_sum - _total(guide_terms)
+        surrogate = model_sum - _total(entropy_terms) if entropy_terms else model_sum
         return elbo, surrogate
 
     def _score_sites_and_costs(self, model_trace, guide_trace):
@@ -522,15 +533,15 @@ class DiscreteELBO(ELBO):
         return [(name, site, costs[name]) for name, site in sites]
 
     def _loss_and_surrogate(self, model, guide, args, kwargs, update):
-        loss = 0.0
-        surrogate = 0.0
+        losses, surrogates = [], []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle_loss, particle_surrogate = self._particle_loss_and_surrogate(
                 model_trace, guide_trace, update
             )
-            loss = loss + particle_loss
-            surrogate = surrogate + particle_surrogate
-        loss = detach_provenance(loss)
+            losses.append(particle_loss)
+            surrogates.append(particle_surrogate)
+        loss = detach_provenance(_total(losses))
+        surrogate = _total(surrogates)
         loss = (loss.detach() if torch.is_tensor(loss) else loss) / self.num_particles
         surrogate = detach_provenance(surrogate) / self.num_particles
         if update:
@@ -559,11 +570,15 @@ class DiscreteELBO(ELBO):
         """
         :returns: a tensor whose value is an estimate of ``-ELBO`` and whose
             gradient with respect to every parameter is this class's estimator.
+            With validation enabled (``pyro.enable_validation``) a NaN value or
+            gradient is warned about; without, nothing synchronizes the device.
         """
         loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs, update=True)
         if torch.is_tensor(surrogate) and surrogate.requires_grad:
             loss = loss + (surrogate - surrogate.detach())
-        warn_if_nan(loss, "loss")
+        if is_validation_enabled():
+            # a device synchronization and a backward hook: only when validating
+            warn_if_nan(loss, "loss")
         return loss
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
