@@ -66,7 +66,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_common import DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
+from bench_common import RESULTS, DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
 from handwritten import make_step  # noqa: E402
 
 from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
@@ -246,6 +246,51 @@ def separate_model_guide(vae):
     return model, config_enumerate(guide, "parallel")
 
 
+def _point_label(row):
+    # the column of a grid row: what was varied from the base point (particle-free
+    # estimators have no particle count, so the column does not name one)
+    if row["varied"] == "particles":
+        return "{} particle{}".format(row["particles"], "" if str(row["particles"]) == "1" else "s")
+    if row["varied"] == "batch":
+        return "batch {}".format(row["batch"])
+    if row["varied"] == "latents":
+        return "{} latents".format(row["latents"])
+    return "base"
+
+
+def _point_order(row):
+    varied = ("base", "particles", "batch", "latents").index(row["varied"])
+    return varied, int(row["particles"]) if row["varied"] == "particles" else 0, int(row["batch"])
+
+
+def write_summary(rows, name):
+    """
+    ``<name>_summary.md``: one row per estimator, one column per grid point
+    (``base``: 2x10 latents, batch 64, 10 particles, and one thing varied from
+    it); cells ``time torch / time SVI · memory torch / memory SVI``, ratios to
+    the hand-written step.
+    """
+    labels = []
+    for row in sorted(rows, key=_point_order):
+        label = _point_label(row)
+        if label not in labels:
+            labels.append(label)
+    estimators = []
+    for row in rows:
+        if row["estimator"] not in estimators:
+            estimators.append(row["estimator"])
+    keys = ("torch time ratio", "SVI time ratio", "torch memory ratio", "SVI memory ratio")
+    cells = {(row["estimator"], _point_label(row)): "{:.2f} / {:.2f} · {:.2f} / {:.2f}".format(
+        *(float(row[k]) for k in keys)) for row in rows}
+    path = os.path.join(RESULTS, name + "_summary.md")
+    with open(path, "w") as f:
+        f.write("| estimator | " + " | ".join(labels) + " |\n")
+        f.write("|---|" + "---|" * len(labels) + "\n")
+        for est in estimators:
+            f.write("| {} | ".format(est) + " | ".join(cells.get((est, label), "–") for label in labels) + " |\n")
+    return path
+
+
 #: glibc malloc tunables for the timings: keep freed memory in the process
 #: instead of returning it to the system after every step (see the docstring)
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
@@ -268,7 +313,16 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="table name (default grid or grid_<device>)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc tuning (see the module docstring)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="only rewrite <out>_summary.md from an existing <out>.csv")
     args = parser.parse_args(argv)
+    if args.summarize:
+        import csv
+
+        name = args.out or ("grid" if args.device == "cpu" else "grid_" + torch.device(args.device).type)
+        with open(os.path.join(RESULTS, name + ".csv")) as f:
+            print("wrote", write_summary(list(csv.DictReader(f)), name))
+        return 0
     if argv is None and not args.default_malloc and not _malloc_tuned():
         # glibc reads its tunables at start-up: start again with them set
         os.environ.update(MALLOC_TUNING)
@@ -291,7 +345,8 @@ def main(argv=None):
         row["malloc"] = "tuned" if _malloc_tuned() else "default"
     name = args.out or ("grid" if device.type == "cpu" else "grid_" + device.type)
     csv_path, md_path = write_table(rows, name, list(rows[0]))
-    print("wrote", csv_path, md_path)
+    summary_path = write_summary(rows, name)
+    print("wrote", csv_path, md_path, summary_path)
     return 0
 
 
