@@ -75,6 +75,11 @@ from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreE
 ESTIMATORS = {
     "TraceScoreELBO(loo)": (lambda s: TraceScoreELBO(num_particles=s, baseline="loo", max_plate_nesting=1), "loo", True, False),
     "VarGradELBO": (lambda s: VarGradELBO(num_particles=s, max_plate_nesting=1), "vargrad", True, False),
+    "TraceScoreELBO(loo)+jit": (lambda s: TraceScoreELBO(num_particles=s, baseline="loo", max_plate_nesting=1,
+                                                          jit_compile=True, ignore_jit_warnings=True),
+                                 "loo", True, False),
+    "VarGradELBO+jit": (lambda s: VarGradELBO(num_particles=s, max_plate_nesting=1, jit_compile=True,
+                                               ignore_jit_warnings=True), "vargrad", True, False),
     "ARSMELBO": (lambda s: ARSMELBO(max_plate_nesting=1), "arsm", False, False),
     "RelaxedConcreteELBO": (lambda s: RelaxedConcreteELBO(num_particles=s, temperature=0.5, max_plate_nesting=1),
                             "concrete", True, False),
@@ -82,11 +87,13 @@ ESTIMATORS = {
     "pyro Trace_ELBO": (lambda s: Trace_ELBO(num_particles=s, vectorize_particles=True, max_plate_nesting=1),
                         "score", True, False),
     "pyro TraceEnum_ELBO": (lambda s: TraceEnum_ELBO(max_plate_nesting=1), "expect", False, True),
-    # not in the default grid: compiles with torch.jit.trace, slow under torch 2.x
+    # compiled variants: not in the default grid, see --estimators jit
     "pyro JitTrace_ELBO": (lambda s: JitTrace_ELBO(num_particles=s, vectorize_particles=True, max_plate_nesting=1,
                                                    ignore_jit_warnings=True), "score", True, False),
 }
-DEFAULT_ESTIMATORS = [name for name in ESTIMATORS if name != "pyro JitTrace_ELBO"]
+DEFAULT_ESTIMATORS = [name for name in ESTIMATORS if "jit" not in name.lower()]
+JIT_ESTIMATORS = ["TraceScoreELBO(loo)", "TraceScoreELBO(loo)+jit", "VarGradELBO", "VarGradELBO+jit",
+                  "pyro Trace_ELBO", "pyro JitTrace_ELBO"]
 
 
 def grid(quick=False, batches=(256, 1024)):
@@ -307,7 +314,8 @@ def _malloc_tuned():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
-                        help="comma-separated, from: " + ", ".join(ESTIMATORS))
+                        help="comma-separated, from: " + ", ".join(ESTIMATORS) + "; or 'jit' for the "
+                        "compiled score family next to the plain one and Pyro's Trace_ELBO / JitTrace_ELBO")
     parser.add_argument("--quick", action="store_true", help="the base point only")
     parser.add_argument("--varied", default="base,particles,batch,latents",
                         help="which rows of the grid to run (comma-separated)")
@@ -332,7 +340,7 @@ def main(argv=None):
         # glibc reads its tunables at start-up: start again with them set
         os.environ.update(MALLOC_TUNING)
         os.execv(sys.executable, [sys.executable] + sys.argv)
-    names = [n.strip() for n in args.estimators.split(",")]
+    names = JIT_ESTIMATORS if args.estimators == "jit" else [n.strip() for n in args.estimators.split(",")]
     device = torch.device(args.device)
     pyro.enable_validation(False)
     data, source = benchmark_data(1024 * 4)

@@ -243,6 +243,11 @@ class RelaxedConcreteELBO(DiscreteELBO):
         elbo, surrogate_elbo = self._pathwise_terms(model_trace, guide_trace)
         return -elbo, -surrogate_elbo
 
+    def _jit_unsupported(self):
+        if callable(self.temperature) or callable(self.prior_temperature):
+            return "a temperature schedule changes between steps; use a fixed temperature."
+        return None
+
     def _after_step(self):
         self.step_count += 1
 

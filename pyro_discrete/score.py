@@ -3,7 +3,7 @@
 The score-function (REINFORCE) estimator with baselines.
 """
 
-from .baselines import make_baseline
+from .baselines import Baseline, make_baseline
 from .core import DiscreteELBO, estimator_error
 
 __all__ = ["TraceScoreELBO"]
@@ -86,6 +86,11 @@ class TraceScoreELBO(DiscreteELBO):
                 )
             )
 
+    def _jit_unsupported(self):
+        if _is_stateful(self.baseline):
+            return "the baseline {!r} keeps state between steps; use baseline='loo' or None.".format(self.baseline)
+        return None
+
     def _baseline_for(self, name, site):
         spec = site["infer"].get("score_baseline")
         if spec is None:
@@ -96,6 +101,15 @@ class TraceScoreELBO(DiscreteELBO):
             self._check_baseline(
                 baseline, "site '{}' asks for infer={{'score_baseline': {!r}}}, which".format(name, spec)
             )
+            if self.jit_compile and _is_stateful(baseline):
+                raise ValueError(
+                    estimator_error(
+                        self,
+                        "site '{}' asks for infer={{'score_baseline': {!r}}}, which keeps state between "
+                        "steps and cannot be compiled (jit_compile=True); use 'loo' or None for that "
+                        "site, or jit_compile=False.".format(name, spec),
+                    )
+                )
             self._site_baselines[name] = baseline
         return baseline
 
@@ -110,3 +124,8 @@ class TraceScoreELBO(DiscreteELBO):
             if update:
                 baseline.update(name, site, cost)
         return -elbo, surrogate_loss
+
+
+def _is_stateful(baseline):
+    # a baseline that learns from past steps (overrides Baseline.update)
+    return type(baseline).update is not Baseline.update

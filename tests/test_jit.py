@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``jit_compile=True``: the same estimator, compiled; stateful estimators refuse it."""
+
+import warnings
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI
+from pyro.optim import Adam
+
+from common import check_unbiased, gradient_draws, init_params, make_family, reference
+from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO
+from pyro_discrete.relaxed import exponential_decay
+
+ESTIMATORS = {
+    "loo": lambda **kw: TraceScoreELBO(num_particles=4, baseline="loo", **kw),
+    "none": lambda **kw: TraceScoreELBO(num_particles=2, baseline=None, **kw),
+    "vargrad": lambda **kw: VarGradELBO(num_particles=4, **kw),
+    "arsm": lambda **kw: ARSMELBO(**kw),
+    "concrete": lambda **kw: RelaxedConcreteELBO(num_particles=2, temperature=0.5, **kw),
+    "expect": lambda **kw: ExpectELBO(**kw),
+}
+
+
+@pytest.fixture(autouse=True)
+def quiet_jit():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+@pytest.mark.parametrize("family_name", ["amortized_vae", "local_categorical_subsampled", "bernoulli_vector"])
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_compiled_step_equals_plain_step(name, family_name):
+    if name == "concrete" and family_name == "local_categorical_subsampled":
+        pytest.skip("Categorical index sites have no relaxation")
+    family = make_family(family_name)
+    params = init_params(family)
+    compiled = ESTIMATORS[name](jit_compile=True, max_plate_nesting=family.max_plate_nesting)
+    plain = ESTIMATORS[name](max_plate_nesting=family.max_plate_nesting)
+    compiled.differentiable_loss(family.model, family.guide, *family.args)  # compiles
+    results = []
+    for elbo in (compiled, plain):
+        pyro.set_rng_seed(11)
+        loss = elbo.differentiable_loss(family.model, family.guide, *family.args)
+        results.append((loss, torch.autograd.grad(loss, list(params.values()), allow_unused=True)))
+    (loss_c, grads_c), (loss_p, grads_p) = results
+    assert loss_c.item() == pytest.approx(loss_p.item(), rel=1e-9, abs=1e-9)
+    for gc, gp in zip(grads_c, grads_p):
+        if gp is None:
+            assert gc is None or (gc == 0).all()
+        else:
+            assert torch.allclose(gc, gp, rtol=1e-8, atol=1e-10), (gc - gp).abs().max()
+    assert len(compiled._compiled) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["loo", "vargrad"])
+def test_compiled_estimator_is_unbiased(name):
+    family = make_family("amortized_vae")
+    init_params(family)
+    ref = reference(family)
+    stats = gradient_draws(ESTIMATORS[name](jit_compile=True), family)
+    check_unbiased(stats, ref, what="compiled " + name)
+
+
+def test_new_shapes_compile_again_and_svi_trains():
+    family = make_family("amortized_vae")
+    init_params(family)
+    elbo = TraceScoreELBO(num_particles=4, jit_compile=True, max_plate_nesting=family.max_plate_nesting)
+    (x,) = family.args
+    svi = SVI(family.model, family.guide, Adam({"lr": 0.01}), loss=elbo)
+    for batch in (x, x[:3], x):
+        loss = svi.step(batch)
+        assert loss == loss
+    assert len(elbo._compiled) == 2
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: TraceScoreELBO(num_particles=2, baseline="moving_average", jit_compile=True), "keeps state"),
+        (lambda: RelaxedConcreteELBO(temperature=exponential_decay(), jit_compile=True), "schedule"),
+        (lambda: TraceScoreELBO(num_particles=2, track_dependencies=True, jit_compile=True), "provenance"),
+    ],
+)
+def test_stateful_estimators_refuse_compilation(make, match):
+    family = make_family("amortized_vae")
+    init_params(family)
+    with pytest.raises(ValueError, match=match):
+        make().differentiable_loss(family.model, family.guide, *family.args)
+
+
+def test_compiled_step_draws_new_samples():
+    # the random draws are operations of the compiled graph, not constants
+    family = make_family("amortized_vae")
+    init_params(family)
+    elbo = TraceScoreELBO(num_particles=4, jit_compile=True, max_plate_nesting=family.max_plate_nesting)
+    losses = {elbo.differentiable_loss(family.model, family.guide, *family.args).item() for _ in range(4)}
+    assert len(losses) > 1
