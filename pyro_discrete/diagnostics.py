@@ -192,6 +192,8 @@ class _Drawer:
         self.args, self.kwargs = args, kwargs
         self.draws_per_batch = draws_per_batch
         self.elbo = copy.copy(elbo) if isinstance(elbo, DiscreteELBO) else copy.deepcopy(elbo)
+        if isinstance(elbo, DiscreteELBO):
+            self.elbo._compiled = {}  # functions compiled here stay with the copy
         extra = 1 if draws_per_batch > 1 else 0
         if extra:
             dim = -(plate_nesting + 1)

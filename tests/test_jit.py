@@ -101,3 +101,15 @@ def test_compiled_step_draws_new_samples():
     elbo = TraceScoreELBO(num_particles=4, jit_compile=True, max_plate_nesting=family.max_plate_nesting)
     losses = {elbo.differentiable_loss(family.model, family.guide, *family.args).item() for _ in range(4)}
     assert len(losses) > 1
+
+
+def test_diagnostics_of_a_compiled_estimator_leave_it_alone():
+    from pyro_discrete.diagnostics import gradient_statistics
+
+    family = make_family("amortized_vae")
+    init_params(family)
+    elbo = TraceScoreELBO(num_particles=4, jit_compile=True, max_plate_nesting=family.max_plate_nesting)
+    elbo.differentiable_loss(family.model, family.guide, *family.args)
+    stats = gradient_statistics(elbo, family.model, family.guide, *family.args, num_draws=100, timing_repeats=1)
+    assert stats.total_variance > 0
+    assert len(elbo._compiled) == 1
