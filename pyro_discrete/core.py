@@ -463,7 +463,10 @@ class DiscreteELBO(ELBO):
         take their tensors as positional arguments, and must be the same
         objects (or equal bound methods) from step to step. Estimators that
         keep state between steps (a moving-average baseline, a temperature
-        schedule) refuse it.
+        schedule) refuse it. ``torch.jit.trace`` is deprecated from torch 2.13
+        (it warns, as does Pyro's ``JitTrace_ELBO``); the ``TracerWarning`` s
+        about shape comparisons are harmless here, since shapes are part of the
+        key (``ignore_jit_warnings=True`` silences them).
     """
 
     def __init__(
