@@ -86,9 +86,9 @@ def arsm_loss(vae, x, num_samples=1):
 def concrete_loss(vae, x, num_samples, temperature=0.5, prior_temperature=None):
     """Concrete relaxation in log space (ExpConcrete): relaxed -ELBO."""
     logits = vae.encode(x)
-    q = ExpRelaxedCategorical(torch.tensor(temperature), logits=logits)
+    q = ExpRelaxedCategorical(logits.new_tensor(temperature), logits=logits)
     prior_t = temperature if prior_temperature is None else prior_temperature
-    p = ExpRelaxedCategorical(torch.tensor(prior_t), logits=torch.zeros_like(logits))
+    p = ExpRelaxedCategorical(logits.new_tensor(prior_t), logits=torch.zeros_like(logits))
     y = q.rsample((num_samples,))  # (S, B, K, C)
     elbo = _log_lik(vae, y.exp(), x) + (p.log_prob(y) - q.log_prob(y)).sum(-1)
     return -elbo.sum() / num_samples
