@@ -408,7 +408,10 @@ def _compile(elbo, model, guide, update, template):
     def loss_and_surrogate(*tensors, **kwargs):
         tensors = iter(tensors)
         args = tuple(next(tensors) if a is None else a for a in template)
-        return weak_elbo()._traced_loss_and_surrogate(model, guide, args, kwargs, update)
+        loss, surrogate = weak_elbo()._traced_loss_and_surrogate(model, guide, args, kwargs, update)
+        if not torch.is_tensor(surrogate):  # no parameter to differentiate; a traced function returns tensors
+            surrogate = loss.new_zeros(())
+        return loss, surrogate
 
     return pyro.ops.jit.trace(loss_and_surrogate, ignore_warnings=elbo.ignore_jit_warnings, jit_options=elbo.jit_options)
 
@@ -590,8 +593,15 @@ class DiscreteELBO(ELBO):
         return None
 
     def _loss_and_surrogate(self, model, guide, args, kwargs, update):
-        if not self.jit_compile:
-            return self._traced_loss_and_surrogate(model, guide, args, kwargs, update)
+        if self.jit_compile:
+            loss, surrogate = self._compiled_loss_and_surrogate(model, guide, args, kwargs, update)
+        else:
+            loss, surrogate = self._traced_loss_and_surrogate(model, guide, args, kwargs, update)
+        if update:
+            self._after_step()
+        return loss, surrogate
+
+    def _compiled_loss_and_surrogate(self, model, guide, args, kwargs, update):
         reason = self._jit_unsupported()
         if reason is not None:
             raise ValueError(estimator_error(self, "jit_compile=True is not supported: " + reason))
@@ -610,10 +620,7 @@ class DiscreteELBO(ELBO):
         if compiled is None:
             compiled = _compile(self, model, guide, update, template)
             self._compiled[key] = compiled
-        loss, surrogate = compiled(*(a for a in args if torch.is_tensor(a)), **kwargs)
-        if update:
-            self._after_step()
-        return loss, surrogate
+        return compiled(*(a for a in args if torch.is_tensor(a)), **kwargs)
 
     def _traced_loss_and_surrogate(self, model, guide, args, kwargs, update):
         losses, surrogates = [], []
@@ -627,10 +634,6 @@ class DiscreteELBO(ELBO):
         surrogate = _total(surrogates)
         loss = (loss.detach() if torch.is_tensor(loss) else loss) / self.num_particles
         surrogate = detach_provenance(surrogate) / self.num_particles
-        if update and not self.jit_compile:
-            self._after_step()
-        if self.jit_compile and not torch.is_tensor(surrogate):
-            surrogate = loss.new_zeros(())  # a compiled function returns tensors
         return loss, surrogate
 
     def _after_step(self):
