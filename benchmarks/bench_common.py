@@ -9,6 +9,7 @@ hand-written training steps are in ``handwritten.py``.
 import csv
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -35,6 +36,32 @@ def synthetic_binary_images(num, seed=0):
     """Stand-in data when MNIST is not available: sparse random binary 28x28 images."""
     gen = torch.Generator().manual_seed(seed)
     return (torch.rand(num, 784, generator=gen) < 0.13).float()
+
+
+#: glibc malloc tunables for the timings: keep freed memory in the process
+#: instead of returning it to the system after every step (see
+#: ``run_benchmarks.py``'s docstring for why)
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def malloc_tuned():
+    """Whether this process started with :data:`MALLOC_TUNING`."""
+    return all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+
+
+def malloc_label():
+    """``"tuned"`` or ``"default"``, recorded with every timing."""
+    return "tuned" if malloc_tuned() else "default"
+
+
+def restart_with_malloc_tuning():
+    """
+    Start this script again with :data:`MALLOC_TUNING` set, unless it already
+    is: glibc reads its tunables when the process starts.
+    """
+    if not malloc_tuned():
+        os.environ.update(MALLOC_TUNING)
+        os.execv(sys.executable, [sys.executable] + sys.argv)
 
 
 def benchmark_data(num=64 * 50):

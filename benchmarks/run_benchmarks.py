@@ -66,7 +66,17 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_common import RESULTS, DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
+from bench_common import (  # noqa: E402
+    MALLOC_TUNING,
+    RESULTS,
+    DiscreteVAE,
+    benchmark_data,
+    malloc_label,
+    malloc_tuned,
+    restart_with_malloc_tuning,
+    time_interleaved,
+    write_table,
+)
 from handwritten import make_step  # noqa: E402
 
 from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
@@ -302,15 +312,6 @@ def write_summary(rows, name):
     return path
 
 
-#: glibc malloc tunables for the timings: keep freed memory in the process
-#: instead of returning it to the system after every step (see the docstring)
-MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
-
-
-def _malloc_tuned():
-    return all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
@@ -336,17 +337,15 @@ def main(argv=None):
         with open(os.path.join(RESULTS, name + ".csv")) as f:
             print("wrote", write_summary(list(csv.DictReader(f)), name))
         return 0
-    if argv is None and not args.default_malloc and not _malloc_tuned():
-        # glibc reads its tunables at start-up: start again with them set
-        os.environ.update(MALLOC_TUNING)
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    if argv is None and not args.default_malloc:
+        restart_with_malloc_tuning()
     names = JIT_ESTIMATORS if args.estimators == "jit" else [n.strip() for n in args.estimators.split(",")]
     device = torch.device(args.device)
     pyro.enable_validation(False)
     data, source = benchmark_data(1024 * 4)
     varied = set(v.strip() for v in args.varied.split(","))
     points = [p for p in grid(args.quick) if p["varied"] in varied]
-    malloc = "glibc default" if not _malloc_tuned() else "glibc with " + " ".join(
+    malloc = "glibc default" if not malloc_tuned() else "glibc with " + " ".join(
         "{}={}".format(k, v) for k, v in MALLOC_TUNING.items())
     print("data: {}; torch {} on {} ({} threads, {}); malloc: {}; {} points".format(
         source, torch.__version__, device, torch.get_num_threads(), platform.processor() or platform.machine(),
@@ -355,7 +354,7 @@ def main(argv=None):
     for point in points:
         rows += run_point(point, names, data, device, args, lambda s: print(s, flush=True))
     for row in rows:
-        row["malloc"] = "tuned" if _malloc_tuned() else "default"
+        row["malloc"] = malloc_label()
     name = args.out or ("grid" if device.type == "cpu" else "grid_" + device.type)
     csv_path, md_path = write_table(rows, name, list(rows[0]))
     summary_path = write_summary(rows, name)

@@ -37,9 +37,16 @@ from pyro.optim import Adam
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_common import DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
+from bench_common import (  # noqa: E402
+    DiscreteVAE,
+    benchmark_data,
+    malloc_label,
+    malloc_tuned,
+    restart_with_malloc_tuning,
+    time_interleaved,
+    write_table,
+)
 from handwritten import make_step  # noqa: E402
-from run_benchmarks import MALLOC_TUNING, _malloc_tuned  # noqa: E402
 
 from pyro_discrete import TraceScoreELBO, VarGradELBO  # noqa: E402
 
@@ -121,9 +128,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--default-malloc", action="store_true")
     args = parser.parse_args()
-    if not args.default_malloc and not _malloc_tuned():
-        os.environ.update(MALLOC_TUNING)
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    if not args.default_malloc:
+        restart_with_malloc_tuning()
     pyro.enable_validation(False)
     data, source = benchmark_data(args.batch * 4)
     batches = itertools.cycle(list(data[: args.batch * 4].split(args.batch)))
@@ -138,9 +144,9 @@ def main():
         ms = statistics.median(ts)
         rows.append({"step": name, "ms/step": ms, "ratio to hand-written": ms / hand,
                      "elbo": args.elbo, "batch": args.batch, "particles": args.particles,
-                     "malloc": "tuned" if _malloc_tuned() else "default"})
+                     "malloc": malloc_label()})
         print("{:<36} {:8.2f} ms  {:.3f}".format(name, ms, ms / hand), flush=True)
-    name = "svi_overhead_b{}{}".format(args.batch, "" if _malloc_tuned() else "_default_malloc")
+    name = "svi_overhead_b{}{}".format(args.batch, "" if malloc_tuned() else "_default_malloc")
     print("wrote", *write_table(rows, name, list(rows[0])))
 
 

@@ -32,9 +32,15 @@ from pyro import poutine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from bench_common import DiscreteVAE, benchmark_data, time_interleaved, write_table  # noqa: E402
+from bench_common import (  # noqa: E402
+    DiscreteVAE,
+    benchmark_data,
+    malloc_label,
+    restart_with_malloc_tuning,
+    time_interleaved,
+    write_table,
+)
 from handwritten import _sample_onehot, score_loss  # noqa: E402
-from run_benchmarks import MALLOC_TUNING, _malloc_tuned  # noqa: E402
 
 from pyro_discrete import TraceScoreELBO  # noqa: E402
 
@@ -46,9 +52,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--default-malloc", action="store_true")
     args = parser.parse_args()
-    if not args.default_malloc and not _malloc_tuned():
-        os.environ.update(MALLOC_TUNING)
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    if not args.default_malloc:
+        restart_with_malloc_tuning()
     pyro.enable_validation(False)
     data, _ = benchmark_data(args.batch)
     x = data[: args.batch]
@@ -83,7 +88,7 @@ def main():
     rows = []
     for name, ts in times.items():
         rows.append({"forward pass": name, "ms": statistics.median(ts), "batch": args.batch, "particles": S,
-                     "malloc": "tuned" if _malloc_tuned() else "default"})
+                     "malloc": malloc_label()})
         print("{:<42} {:7.3f} ms".format(name, rows[-1]["ms"]), flush=True)
     print("wrote", *write_table(rows, "tracing_floor_b{}".format(args.batch), list(rows[0])))
 
