@@ -277,7 +277,9 @@ class ARSMELBO(DiscreteELBO):
         names = {name for name, _ in sites}
         for name, site in sample_sites(replayed_guide):
             batch_shape = site["fn"].batch_shape
-            if len(batch_shape) < -extra_dim or batch_shape[extra_dim] == 1:
+            # the replay dim's presence, not its size, marks a dependency: with
+            # one pseudo-action (a binary or 2-category site) it has size 1
+            if len(batch_shape) < -extra_dim:
                 continue
             # this site's distribution changes with some pseudo-action: find which
             log_prob = site["log_prob"] if "log_prob" in site else site["fn"].log_prob(site["value"])

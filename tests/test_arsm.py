@@ -228,3 +228,26 @@ def test_svi_trains_tutorial_vae():
     svi = SVI(model, guide, Adam({"lr": 1e-3}), loss=ARSMELBO())
     losses = [svi.step(batches[i % len(batches)]) / 64 for i in range(40)]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "categorical2", "categorical3"])
+def test_error_guide_dependency_on_binary_site(kind):
+    # a continuous guide site depending on an ARSM/DisARM site with ONE pseudo-action
+    # (binary, or 2 categories) once gave the wrong sign of the gradient, silently
+    def site_dist(q):
+        if kind == "bernoulli":
+            return dist.Bernoulli(logits=q)
+        num = 2 if kind == "categorical2" else 3
+        return dist.Categorical(logits=torch.stack([torch.zeros(()), q] + [torch.zeros(())] * (num - 2)))
+
+    def model():
+        y = pyro.sample("y", site_dist(torch.tensor(0.0)))
+        pyro.sample("z", dist.Normal(y.to(torch.get_default_dtype()), 1.0))
+
+    def guide():
+        y = pyro.sample("y", site_dist(pyro.param("q", torch.tensor(0.0))))
+        pyro.sample("z", dist.Normal(2.0 * y.to(torch.get_default_dtype()), 1.0))
+
+    for binary in ("disarm", "arm"):
+        with pytest.raises(NotImplementedError, match=r"ARSMELBO: guide site 'z' depends on .*'y'"):
+            ARSMELBO(binary=binary).differentiable_loss(model, guide)
