@@ -22,7 +22,7 @@ from torch.distributions import Dirichlet
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from pyro_discrete.arsm import _logit_gradient, _pseudo_actions
-from pyro_discrete.core import sample_categorical
+from pyro_discrete.samplers import sample_categorical
 
 
 def _log_lik(vae, z, x):

@@ -6,18 +6,21 @@ Each estimator is an :class:`pyro.infer.ELBO` that consumes an ordinary
 model/guide pair::
 
     svi = pyro.infer.SVI(model, guide, optim, loss=VarGradELBO(num_particles=8))
+
+:data:`pyro_discrete.registry.REGISTRY` lists them with what each can do.
 """
 
+from . import diagnostics, registry
 from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
-from . import diagnostics
-from .core import DiscreteELBO
+from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
 from .relaxed import RelaxedConcreteELBO, exponential_decay
+from .samplers import Sampler
 from .score import TraceScoreELBO
 from .vargrad import VarGradELBO
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ARSMELBO",
@@ -27,8 +30,11 @@ __all__ = [
     "MovingAverageBaseline",
     "NoBaseline",
     "RelaxedConcreteELBO",
+    "Sampler",
+    "Surrogate",
     "TraceScoreELBO",
     "VarGradELBO",
     "diagnostics",
     "exponential_decay",
+    "registry",
 ]

@@ -15,6 +15,9 @@ data plate has one entry per data point), so it never mixes data points.
   step's costs so that it is independent of the current samples.
 * :class:`NoBaseline`.
 
+A baseline is called with a :class:`~pyro_discrete.elbo.ScoreSite` (the site,
+its particles' costs and the dim that holds them).
+
 **References**
 
 [1] `Buy 4 REINFORCE Samples, Get a Baseline for Free!`,
@@ -24,7 +27,9 @@ data plate has one entry per data point), so it never mixes data points.
     Andriy Mnih, Karol Gregor (ICML 2014)
 """
 
-from .core import site_scale
+import torch
+
+from .costs import site_scale
 
 __all__ = [
     "BASELINE_NAMES",
@@ -38,25 +43,34 @@ __all__ = [
 
 class Baseline:
     """
-    Interface of a baseline. ``__call__`` returns the baseline for a site's cost
-    (a detached tensor broadcastable to it, or ``0.``); :meth:`update` is called
-    afterwards, once per step that computes gradients.
+    Interface of a baseline. ``__call__`` returns the baseline for a site's
+    cost (a detached tensor broadcastable to it, or ``0.``); :meth:`update` is
+    called afterwards, once per step that may update state.
     """
 
-    #: whether the baseline needs at least two vectorized particles
+    #: whether the baseline needs at least two particles
     needs_particles = False
 
-    def __call__(self, name, site, cost, particle_dim):
+    #: whether the baseline keeps state between steps
+    stateful = False
+
+    def __call__(self, score_site):
         raise NotImplementedError
 
-    def update(self, name, site, cost):
+    def update(self, score_site):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
         pass
 
 
 class NoBaseline(Baseline):
     """No baseline: the plain score-function (REINFORCE) estimator."""
 
-    def __call__(self, name, site, cost, particle_dim):
+    def __call__(self, score_site):
         return 0.0
 
     def __repr__(self):
@@ -65,7 +79,7 @@ class NoBaseline(Baseline):
 
 class LeaveOneOutBaseline(Baseline):
     r"""
-    Leave-one-out baseline over ``S`` vectorized particles [1]:
+    Leave-one-out baseline over ``S`` particles [1]:
 
     .. math::
 
@@ -78,9 +92,9 @@ class LeaveOneOutBaseline(Baseline):
 
     needs_particles = True
 
-    def __call__(self, name, site, cost, particle_dim):
-        num_particles = cost.size(particle_dim)
-        return (cost.sum(particle_dim, keepdim=True) - cost) / (num_particles - 1)
+    def __call__(self, score_site):
+        cost, dim = score_site.cost, score_site.particle_dim
+        return (cost.sum(dim, keepdim=True) - cost) / (cost.size(dim) - 1)
 
     def __repr__(self):
         return "LeaveOneOutBaseline()"
@@ -101,21 +115,24 @@ class MovingAverageBaseline(Baseline):
     the stored value is multiplied by the current scale when used.
     """
 
+    stateful = True
+
     def __init__(self, decay=0.9):
         if not 0.0 <= decay < 1.0:
             raise ValueError("moving-average baseline: decay must be in [0, 1), got {}".format(decay))
         self.decay = decay
         self.averages = {}
 
-    def __call__(self, name, site, cost, particle_dim):
-        average = self.averages.get(name)
+    def __call__(self, score_site):
+        average = self.averages.get(score_site.name)
         if average is None:
             return 0.0
-        scale = site_scale(site)
+        scale = site_scale(score_site.site)
         return average if scale is None else average * scale
 
-    def update(self, name, site, cost):
-        scale = site_scale(site)
+    def update(self, score_site):
+        name, cost = score_site.name, score_site.cost
+        scale = site_scale(score_site.site)
         value = cost.mean() if scale is None else cost.mean() / scale
         value = value.detach()
         average = self.averages.get(name)
@@ -124,17 +141,25 @@ class MovingAverageBaseline(Baseline):
         else:
             self.averages[name] = self.decay * average + (1.0 - self.decay) * value
 
+    def state_dict(self):
+        return {"decay": self.decay, "averages": {name: value.clone() for name, value in self.averages.items()}}
+
+    def load_state_dict(self, state):
+        self.decay = state["decay"]
+        self.averages = {name: torch.as_tensor(value).clone() for name, value in state["averages"].items()}
+
     def __repr__(self):
         return "MovingAverageBaseline(decay={})".format(self.decay)
 
 
 #: Names accepted by :func:`make_baseline`.
-BASELINE_NAMES = ("loo", "batch_average", "moving_average", "none", None)
+BASELINE_NAMES = ("auto", "loo", "batch_average", "moving_average", "none", None)
 
 
-def make_baseline(spec, decay=0.9, owner="TraceScoreELBO"):
+def make_baseline(spec, decay=0.9, num_particles=2, owner="TraceScoreELBO"):
     """
-    A :class:`Baseline` from a name: ``"loo"`` (alias ``"batch_average"``),
+    A :class:`Baseline` from a name: ``"auto"`` (leave-one-out with two or more
+    particles, else a moving average), ``"loo"`` (alias ``"batch_average"``),
     ``"moving_average"``, ``"none"`` / ``None``, or a :class:`Baseline`
     instance, returned as is.
     """
@@ -142,12 +167,14 @@ def make_baseline(spec, decay=0.9, owner="TraceScoreELBO"):
         return spec
     if spec is None or spec == "none":
         return NoBaseline()
+    if spec == "auto":
+        spec = "loo" if num_particles >= 2 else "moving_average"
     if spec in ("loo", "batch_average"):
         return LeaveOneOutBaseline()
     if spec == "moving_average":
         return MovingAverageBaseline(decay)
     raise ValueError(
-        "{}: unknown baseline {!r}; use one of 'loo' (alias 'batch_average'), "
+        "{}: unknown baseline {!r}; use one of 'auto', 'loo' (alias 'batch_average'), "
         "'moving_average', 'none' or None, or a pyro_discrete.baselines.Baseline "
         "instance".format(owner, spec)
     )

@@ -53,11 +53,11 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.poutine.util import prune_subsample_sites
 
-from .core import DiscreteELBO
+from .compile import CompileCache
+from .elbo import DiscreteELBO
+from .statistics import DRAWS_PLATE, bias_z, draw_statistics, draws_plate, squared_bias
 
-__all__ = ["GradientStatistics", "Comparison", "gradient_statistics", "compare_estimators"]
-
-DRAWS_PLATE = "_gradient_draws"
+__all__ = ["GradientStatistics", "Comparison", "gradient_statistics", "compare_estimators", "DRAWS_PLATE"]
 
 
 # ----------------------------------------------------------------------
@@ -156,14 +156,6 @@ def _plate_nesting(model, guide, args, kwargs):
     return -min(dims) if dims else 0
 
 
-def _in_draws_plate(fn, num_draws, dim):
-    def wrapped(*args, **kwargs):
-        with pyro.plate(DRAWS_PLATE, num_draws, dim=dim):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
 class _ParamStoreGuard:
     """Undo what an ELBO writes to the param store (e.g. TraceGraph_ELBO's running averages)."""
 
@@ -193,12 +185,12 @@ class _Drawer:
         self.draws_per_batch = draws_per_batch
         self.elbo = copy.copy(elbo) if isinstance(elbo, DiscreteELBO) else copy.deepcopy(elbo)
         if isinstance(elbo, DiscreteELBO):
-            self.elbo._compiled = {}  # functions compiled here stay with the copy
+            self.elbo._compiled = CompileCache()  # functions compiled here stay with the copy
         extra = 1 if draws_per_batch > 1 else 0
         if extra:
             dim = -(plate_nesting + 1)
-            model = _in_draws_plate(model, draws_per_batch, dim)
-            guide = _in_draws_plate(guide, draws_per_batch, dim)
+            model = draws_plate(model, draws_per_batch, dim)
+            guide = draws_plate(guide, draws_per_batch, dim)
         if self.elbo.max_plate_nesting == float("inf"):
             # what ELBO._guess_max_plate_nesting would find, without running the model again
             particles = self.elbo.vectorize_particles and self.elbo.num_particles > 1
@@ -245,7 +237,9 @@ class _Drawer:
             loss = float(loss)
         elif hasattr(elbo, "differentiable_loss"):
             loss = elbo.differentiable_loss(self.model, self.guide, *self.args, **self.kwargs)
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True) if loss.requires_grad else [None] * len(tensors)
+            grads = (
+                torch.autograd.grad(loss, tensors, allow_unused=True) if loss.requires_grad else [None] * len(tensors)
+            )
             loss = loss.item()
         else:  # e.g. TraceGraph_ELBO: only loss_and_grads
             saved = [(t, t.grad) for t in set(self.touched) | set(tensors)]
@@ -384,26 +378,19 @@ def gradient_statistics(
                 times.append(time.perf_counter() - t0)
             seconds_per_step = sorted(times)[len(times) // 2]
 
-        D = draws_per_batch
-        losses = torch.tensor([b[0] for b in batches], dtype=torch.float64) / D
-        mean, variance, se2 = {}, {}, {}
-        for i, name in enumerate(names):
-            stack = torch.stack([b[1][i] for b in batches]) / D
-            mean[name] = stack.mean(0)
-            batch_var = stack.var(0)
-            variance[name] = batch_var * D
-            se2[name] = batch_var / num_batches
+        draws = draw_statistics(batches, names, draws_per_batch)
         stats = GradientStatistics(
-            mean=mean,
-            variance=variance,
-            num_draws=num_batches * D,
-            draws_per_batch=D,
-            loss=losses.mean().item(),
-            loss_se=(losses.var() / num_batches).sqrt().item(),
+            mean=draws.mean,
+            variance=draws.variance,
+            num_draws=draws.num_draws,
+            draws_per_batch=draws.draws_per_batch,
+            loss=draws.loss,
+            loss_se=draws.loss_se,
             seconds_per_draw=seconds_per_draw,
             seconds_per_step=seconds_per_step,
             evaluations_per_draw=evaluations,
         )
+        se2 = {name: se.pow(2) for name, se in draws.se.items()}
 
         if reference is not None:
             ref, ref_se2, ref_loss = _reference_gradient(
@@ -422,12 +409,16 @@ def _reference_gradient(reference, model, guide, args, kwargs, tensors, referenc
         return {n: reference[n] for n in tensors}, {n: torch.zeros_like(t) for n, t in tensors.items()}, math.nan
     if isinstance(reference, str):
         if reference != "exact":
-            raise ValueError("gradient_statistics: reference must be None, 'exact', an ELBO or a dict, got {!r}".format(reference))
+            raise ValueError(
+                "gradient_statistics: reference must be None, 'exact', an ELBO or a dict, got {!r}".format(reference)
+            )
         from .expect import ExpectELBO
 
         reference = ExpectELBO()
     ref_elbo, ref_model, ref_guide = _as_triple(reference, model, guide, "gradient_statistics(reference=...)")
-    drawer = _Drawer(ref_elbo, ref_model, ref_guide, args, kwargs, 1, _plate_nesting(ref_model, ref_guide, args, kwargs))
+    drawer = _Drawer(
+        ref_elbo, ref_model, ref_guide, args, kwargs, 1, _plate_nesting(ref_model, ref_guide, args, kwargs)
+    )
     drawer.tensors, drawer.touched = dict(tensors), list(tensors.values())
     state = torch.get_rng_state()
     loss1, g1 = drawer()
@@ -437,8 +428,14 @@ def _reference_gradient(reference, model, guide, args, kwargs, tensors, referenc
     if deterministic:
         return dict(zip(tensors, g1)), {n: torch.zeros_like(t) for n, t in tensors.items()}, loss1
     ref = gradient_statistics(
-        (ref_elbo, ref_model, ref_guide), model, guide, *args, num_draws=reference_draws,
-        params=dict(tensors), timing_repeats=0, **kwargs,
+        (ref_elbo, ref_model, ref_guide),
+        model,
+        guide,
+        *args,
+        num_draws=reference_draws,
+        params=dict(tensors),
+        timing_repeats=0,
+        **kwargs,
     )
     se2 = {n: ref.variance[n] / ref.num_draws for n in tensors}
     return ref.mean, se2, ref.loss
@@ -450,17 +447,12 @@ def _add_bias(stats, ref, ref_se2, ref_loss, se2):
     stats.bias, stats.squared_bias, stats.mse = {}, {}, {}
     worst = 0.0
     for name, mean in stats.mean.items():
-        bias = mean - ref[name].to(mean)
-        stats.bias[name] = bias
-        noise = se2[name] + ref_se2[name].to(mean)
-        stats.squared_bias[name] = (bias.pow(2) - noise).sum().item()
+        se, ref_se = se2[name].sqrt(), ref_se2[name].to(mean).sqrt()
+        stats.bias[name] = mean - ref[name].to(mean)
+        stats.squared_bias[name] = squared_bias(mean, se, ref[name], ref_se)
         stats.mse[name] = stats.variance[name].sum().item() + stats.squared_bias[name]
-        # rounding errors of an exact estimator are not bias
-        r = ref[name].to(mean).abs()
-        tiny = 1e3 * torch.finfo(mean.dtype).eps * (r + r.mean()) + torch.finfo(mean.dtype).tiny
-        sd = noise.sqrt() + tiny
-        if bias.numel():
-            worst = max(worst, (bias.abs() / sd).max().item())
+        if mean.numel():
+            worst = max(worst, bias_z(mean, se, ref[name], ref_se).max().item())
     stats.bias_z = worst
     stats.total_squared_bias = sum(stats.squared_bias.values())
     stats.total_mse = stats.total_variance + stats.total_squared_bias
@@ -541,7 +533,9 @@ def _format(value):
     return str(value)
 
 
-def compare_estimators(model, guide, *args, estimators, reference="exact", num_draws=100, params=None, progress=False, **kwargs):
+def compare_estimators(
+    model, guide, *args, estimators, reference="exact", num_draws=100, params=None, progress=False, **kwargs
+):
     """
     :func:`gradient_statistics` for each estimator at the same parameters,
     against one reference computed once.
@@ -563,7 +557,15 @@ def compare_estimators(model, guide, *args, estimators, reference="exact", num_d
     if reference is not None and not isinstance(reference, dict):
         first = next(iter(estimators.values()))
         first_elbo, first_model, first_guide = _as_triple(first, model, guide, "compare_estimators")
-        probe = _Drawer(first_elbo, first_model, first_guide, args, kwargs, 1, _plate_nesting(first_model, first_guide, args, kwargs))
+        probe = _Drawer(
+            first_elbo,
+            first_model,
+            first_guide,
+            args,
+            kwargs,
+            1,
+            _plate_nesting(first_model, first_guide, args, kwargs),
+        )
         with _ParamStoreGuard():
             probe._capture(params)
         ref_grads, ref_se2, ref_loss = _reference_gradient(reference, model, guide, args, kwargs, probe.tensors, 2000)
@@ -573,7 +575,9 @@ def compare_estimators(model, guide, *args, estimators, reference="exact", num_d
             ref = ref_grads
     rows, statistics = [], {}
     for name, spec in estimators.items():
-        stats = gradient_statistics(spec, model, guide, *args, num_draws=num_draws, reference=ref, params=params, **kwargs)
+        stats = gradient_statistics(
+            spec, model, guide, *args, num_draws=num_draws, reference=ref, params=params, **kwargs
+        )
         statistics[name] = stats
         row = dict(estimator=name, **stats.summary())
         if isinstance(ref, dict) and reference is not None and not isinstance(reference, dict):

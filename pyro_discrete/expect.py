@@ -6,13 +6,13 @@ Exact expectation over the discrete guide sites, by enumeration.
 import math
 
 import torch
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
 
-from .core import DiscreteELBO, estimator_error, innermost_distribution, sample_sites
+from .elbo import DiscreteELBO, Surrogate
+from .errors import estimator_error, suggest
+from .samplers import Sampler
+from .util import OTHER, innermost_distribution, sample_sites, total
 
-__all__ = ["ExpectELBO", "joint_support"]
-
+__all__ = ["EnumerateSampler", "ExpectELBO", "Expectation", "joint_support"]
 
 
 def joint_support(fn):
@@ -56,27 +56,27 @@ def joint_support(fn):
     return size, make
 
 
-class _EnumerateGuide(Messenger):
+class EnumerateSampler(Sampler):
     """
     Replaces the value of every discrete guide sample site by its whole joint
     support, laid out along a new batch dim left of all plates (one dim per
     site, as :class:`pyro.poutine.enum_messenger.EnumMessenger` does for
-    ``"parallel"`` enumeration). Continuous reparameterizable sites are left to
-    be sampled; other sites are an error.
+    ``"parallel"`` enumeration), and keeps each site's dim in :attr:`dims`.
+    Continuous reparameterizable sites are left to be sampled; other sites are
+    an error.
     """
 
-    def __init__(self, elbo, first_dim, budget):
-        super().__init__()
-        self.elbo = elbo
-        self.next_dim = first_dim
-        self.budget = budget
-        self.total = 1
-        self.sites = {}
-        elbo.num_evaluations = elbo.num_particles
+    needs_plate_nesting = True
 
-    def _pyro_sample(self, msg):
-        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
-            return
+    def __init__(self, elbo):
+        super().__init__(elbo)
+        self.next_dim = -elbo.max_plate_nesting - 1
+        self.budget = elbo.budget
+        self.evaluations = 1
+        self.dims = {}
+        self.sizes = {}
+
+    def draw(self, msg):
         fn = msg["fn"]
         support = joint_support(fn)
         if support is None:
@@ -85,37 +85,44 @@ class _EnumerateGuide(Messenger):
             raise NotImplementedError(
                 estimator_error(
                     self.elbo,
-                    "guide site '{}' ({}) can neither be enumerated nor reparameterized. "
-                    "Use TraceScoreELBO or VarGradELBO for it.".format(msg["name"], type(innermost_distribution(fn)).__name__),
+                    "guide site '{}' ({}) can neither be enumerated nor reparameterized; {}.".format(
+                        msg["name"], type(innermost_distribution(fn)).__name__, suggest(OTHER, exclude=self.elbo)
+                    ),
                 )
             )
         size, make = support
-        self.total *= size
-        if self.total > self.budget:
-            earlier = ", ".join("'{}': {}".format(k, v[1]) for k, v in self.sites.items())
+        if self.evaluations * size > self.budget:
+            earlier = ", ".join("'{}': {}".format(k, v) for k, v in self.sizes.items())
             raise ValueError(
                 estimator_error(
                     self.elbo,
                     "enumerating guide site '{}' ({} values) would make {} joint configurations "
-                    "of the discrete guide sites per plate element{}, over budget={}. Pass a "
-                    "larger budget=... if memory allows, or use a sampling estimator "
-                    "(TraceScoreELBO, VarGradELBO).".format(
+                    "of the discrete guide sites per plate element{}, over budget={}. Enumeration is "
+                    "exact but its cost grows with the product of the support sizes: {}.".format(
                         msg["name"],
                         size,
-                        self.total,
+                        self.evaluations * size,
                         " (with {})".format(earlier) if earlier else "",
                         self.budget,
+                        _over_budget_advice(self.evaluations * size, self.budget, self.elbo),
                     ),
                 )
             )
-        self.elbo.num_evaluations = self.total * self.elbo.num_particles
+        self.evaluations *= size
         dim = self.next_dim
         self.next_dim -= 1
         values = make()
         batch_ones = (1,) * (-dim - 1)
         msg["value"] = values.reshape((size,) + batch_ones + tuple(fn.event_shape))
-        msg["infer"] = dict(msg["infer"], _enumerate_dim=dim)
-        self.sites[msg["name"]] = (dim, size)
+        self.dims[msg["name"]] = dim
+        self.sizes[msg["name"]] = size
+
+
+def _over_budget_advice(needed, budget, elbo):
+    sampling = suggest(exclude=elbo, require=lambda e: e.objective == "elbo")
+    if needed <= 100 * budget:
+        return "pass a larger budget=... if memory allows, or " + sampling
+    return sampling
 
 
 class ExpectELBO(DiscreteELBO):
@@ -164,25 +171,34 @@ class ExpectELBO(DiscreteELBO):
     """
 
     def __init__(self, num_particles=1, budget=10000, **kwargs):
-        super().__init__(num_particles=num_particles, **kwargs)
         self.budget = budget
-        self.num_evaluations = None
+        super().__init__(num_particles=num_particles, sampler=EnumerateSampler, surrogate=Expectation(), **kwargs)
 
-    def _guide_handlers(self):
-        return (_EnumerateGuide(self, -self.max_plate_nesting - 1, self.budget),)
 
-    def _expected_elbo(self, model_trace, guide_trace):
-        dims = {
-            name: site["infer"]["_enumerate_dim"]
-            for name, site in sample_sites(guide_trace)
-            if site["infer"].get("_enumerate_dim") is not None
-        }
+class Expectation(Surrogate):
+    """
+    The exact expectation over the enumerated sites (see :class:`ExpectELBO`):
+    its value is the loss, and it is its own surrogate.
+    """
+
+    honored_infer_keys = ("enumerate",)
+
+    def check_site(self, elbo, name, site):
+        pass  # the sampler enumerates or refuses every site
+
+    def loss(self, particles):
+        return -total([self.expected_elbo(pair) for pair in particles]) / particles.num_particles
+
+    def loss_and_surrogate(self, particles, step):
+        loss = self.loss(particles)
+        return (loss.detach() if torch.is_tensor(loss) else loss), loss
+
+    def expected_elbo(self, pair):
+        model_trace, guide_trace, dims = pair.model_trace, pair.guide_trace, pair.sampler.dims
         log_q = {name: guide_trace.nodes[name]["unscaled_log_prob"] for name in dims}
 
         def present(tensor):
-            return frozenset(
-                name for name, dim in dims.items() if tensor.dim() >= -dim and tensor.shape[dim] > 1
-            )
+            return frozenset(name for name, dim in dims.items() if tensor.dim() >= -dim and tensor.shape[dim] > 1)
 
         parents = {name: present(log_q[name]) - {name} for name in dims}
 
@@ -196,7 +212,7 @@ class ExpectELBO(DiscreteELBO):
                         stack.append(parent)
             return sorted(result, key=lambda n: -dims[n])
 
-        num_plate_dims = self.max_plate_nesting
+        num_plate_dims = pair.sampler.elbo.max_plate_nesting
         elbo = 0.0
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for name, site in sample_sites(trace):
@@ -205,8 +221,8 @@ class ExpectELBO(DiscreteELBO):
                 if not needed:
                     elbo = elbo + sign * term.sum()
                     continue
-                log_weight = sum(log_q[n] for n in needed)
-                self._check_plates(name, term, needed, log_q, num_plate_dims)
+                log_weight = total([log_q[n] for n in needed])
+                self._check_plates(pair.sampler.elbo, name, term, needed, log_q, num_plate_dims)
                 shape = torch.broadcast_shapes(term.shape, log_weight.shape)
                 term = term.expand(shape)
                 log_weight = log_weight.expand(shape)
@@ -217,7 +233,7 @@ class ExpectELBO(DiscreteELBO):
                 elbo = elbo + sign * (log_weight.exp() * term).sum()
         return elbo
 
-    def _check_plates(self, name, term, needed, log_q, num_plate_dims):
+    def _check_plates(self, elbo, name, term, needed, log_q, num_plate_dims):
         # the plate dims (rightmost num_plate_dims of the batch) of every needed
         # guide site must be plates of the term too
         for site_name in needed:
@@ -226,19 +242,16 @@ class ExpectELBO(DiscreteELBO):
                 if lq.shape[-i] > 1 and (term.dim() < i or term.shape[-i] == 1):
                     raise ValueError(
                         estimator_error(
-                            self,
+                            elbo,
                             "site '{}' is outside a plate (batch dim {}) that the enumerated "
                             "guide site '{}' is in, and depends on it; exact enumeration "
-                            "cannot sum over the joint of all plate elements. Use "
-                            "TraceScoreELBO or VarGradELBO, or move '{}' into the plate.".format(
-                                name, -i, site_name, name
+                            "cannot sum over the joint of all plate elements. Move '{}' into the "
+                            "plate, or {}.".format(
+                                name,
+                                -i,
+                                site_name,
+                                name,
+                                suggest(exclude=elbo, require=lambda e: e.objective == "elbo"),
                             ),
                         )
                     )
-
-    def _particle_loss(self, model_trace, guide_trace):
-        return -self._expected_elbo(model_trace, guide_trace)
-
-    def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
-        loss = -self._expected_elbo(model_trace, guide_trace)
-        return loss.detach(), loss

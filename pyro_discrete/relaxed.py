@@ -9,17 +9,15 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.subsample_messenger import _Subsample
-from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical, constraints
+from torch.distributions import Independent, constraints
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
-from .core import DiscreteELBO, estimator_error, innermost_distribution
+from .elbo import DiscreteELBO, Surrogate
+from .errors import estimator_error, suggest
+from .samplers import IIDSampler, Sampler
+from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, innermost_distribution, latent_shape, site_kind
 
-__all__ = ["RelaxedConcreteELBO", "exponential_decay"]
-
-#: attribute of a relaxed site's value that holds the sample in log / logit space
-_LATENT = "_pyro_discrete_relaxed"
-
+__all__ = ["Pathwise", "RelaxedConcreteELBO", "RelaxedSampler", "exponential_decay"]
 
 
 class _LogitRelaxedBernoulli(torch.distributions.Distribution):
@@ -51,104 +49,121 @@ class _LogitRelaxedBernoulli(torch.distributions.Distribution):
 
 class _RelaxedSite(TorchDistribution):
     """
-    A relaxed site as Pyro sees it: the value handed to the program is the
-    relaxed sample in the simplex (or (0, 1)), or a hard one with straight-
-    through gradients; the density is that of the sample in log / logit space,
-    carried on the value (``value._pyro_discrete_relaxed``), so that it never
-    underflows.
+    A relaxed site as Pyro sees it: its value is the relaxed sample in the
+    simplex (or (0, 1)), or a hard one with straight-through gradients; its
+    density is that of the sample in log / logit space (``latent``, given at
+    construction), so that it never underflows.
     """
 
     arg_constraints = {}
     support = constraints.real
     has_rsample = True
 
-    def __init__(self, latent_dist, kind, batch_shape, event_shape, straight_through):
-        self.latent_dist, self.kind, self.straight_through = latent_dist, kind, straight_through
+    def __init__(self, latent_dist, latent, value, batch_shape, event_shape):
+        self.latent_dist, self.latent, self.value = latent_dist, latent, value
         super().__init__(batch_shape, event_shape, validate_args=False)
 
     def rsample(self, sample_shape=torch.Size()):
-        latent = self.latent_dist.rsample(sample_shape)
-        soft = latent.exp() if self.kind == "onehot" else torch.sigmoid(latent)
+        return self.value
+
+    def log_prob(self, value):
+        return self.latent_dist.log_prob(self.latent)
+
+
+def _latent_distribution(fn, temperature):
+    # the Concrete relaxation of a Bernoulli / OneHotCategorical site, in log / logit space
+    kind = site_kind(fn)
+    base = innermost_distribution(fn)
+    shape = fn.batch_shape + latent_shape(fn)
+    if kind == ONEHOT:
+        logits = base.logits.expand(shape + base.logits.shape[-1:])
+        t = torch.tensor(temperature, dtype=logits.dtype, device=logits.device)
+        latent = ExpRelaxedCategorical(t, logits=logits)
+    else:
+        latent = _LogitRelaxedBernoulli(temperature, base.logits.expand(shape))
+    if latent_shape(fn):
+        latent = Independent(latent, len(latent_shape(fn)))
+    return latent
+
+
+class RelaxedSampler(Sampler):
+    """
+    Replaces every Bernoulli and OneHotCategorical guide site (``.to_event``
+    included) by its Concrete relaxation at the guide temperature, drawn in
+    log / logit space, and keeps the log-space samples in :attr:`latents`;
+    the model's sites of the same names are relaxed at the prior temperature
+    and scored at the same log-space samples (:meth:`model_handler`).
+    """
+
+    def __init__(self, elbo):
+        super().__init__(elbo)
+        self.temperature = elbo.current_temperature()
+        self.prior_temperature = elbo.current_prior_temperature()
+        self.straight_through = elbo.straight_through
+        self.latents = {}
+
+    def draw(self, msg):
+        fn = msg["fn"]
+        if site_kind(fn) not in (BERNOULLI, ONEHOT):
+            return
+        latent_dist = _latent_distribution(fn, self.temperature)
+        latent = latent_dist.rsample()
+        soft = latent.exp() if site_kind(fn) == ONEHOT else torch.sigmoid(latent)
         if self.straight_through:
-            if self.kind == "onehot":
+            if site_kind(fn) == ONEHOT:
                 hard = F.one_hot(latent.argmax(-1), latent.shape[-1]).to(soft.dtype)
             else:
                 hard = (latent > 0).to(soft.dtype)
             value = hard + (soft - soft.detach())
         else:
             value = soft
-        setattr(value, _LATENT, latent)
-        return value
+        msg["fn"] = _RelaxedSite(latent_dist, latent, value, fn.batch_shape, fn.event_shape)
+        msg["value"] = value
+        self.latents[msg["name"]] = latent
 
-    def log_prob(self, value):
-        latent = getattr(value, _LATENT, None)
-        if latent is None:
-            raise ValueError(
-                "a relaxed site's value must come from its relaxed guide sample (it carries the "
-                "sample in log space); got a tensor without it"
-            )
-        return self.latent_dist.log_prob(latent)
-
-
-def _relaxed(fn, temperature, straight_through, name, elbo, where):
-    base = innermost_distribution(fn)
-    if isinstance(base, OneHotCategorical):
-        kind, base_event = "onehot", 1
-    elif isinstance(base, Bernoulli):
-        kind, base_event = "bernoulli", 0
-    elif isinstance(base, Categorical):
-        raise ValueError(
-            estimator_error(
-                elbo,
-                "{} site '{}' is a Categorical (integer index) site, which has no continuous "
-                "relaxation. Declare it as OneHotCategorical (one-hot values; the model then "
-                "receives one-hot vectors), or use TraceScoreELBO, VarGradELBO or ARSMELBO.".format(where, name),
-            )
-        )
-    else:
-        raise NotImplementedError(
-            estimator_error(
-                elbo,
-                "{} site '{}' ({}) cannot be relaxed: only Bernoulli and OneHotCategorical sites "
-                "(with .to_event) are. Use TraceScoreELBO or VarGradELBO.".format(where, name, type(base).__name__),
-            )
-        )
-    latent_shape = fn.event_shape[: len(fn.event_shape) - base_event]
-    logits = base.logits
-    if kind == "onehot":
-        logits = logits.expand(fn.batch_shape + latent_shape + logits.shape[-1:])
-        latent = ExpRelaxedCategorical(torch.tensor(temperature, dtype=logits.dtype, device=logits.device), logits=logits)
-    else:
-        logits = logits.expand(fn.batch_shape + latent_shape)
-        latent = _LogitRelaxedBernoulli(temperature, logits)
-    if latent_shape:
-        latent = Independent(latent, len(latent_shape))
-    return _RelaxedSite(latent, kind, fn.batch_shape, fn.event_shape, straight_through)
-
-
-class _RelaxGuide(Messenger):
-    def __init__(self, elbo, temperature, straight_through):
-        super().__init__()
-        self.elbo, self.temperature, self.straight_through = elbo, temperature, straight_through
-        self.names = set()
-
-    def _pyro_sample(self, msg):
-        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
-            return
-        if getattr(msg["fn"], "has_rsample", False):
-            return
-        msg["fn"] = _relaxed(msg["fn"], self.temperature, self.straight_through, msg["name"], self.elbo, "guide")
-        self.names.add(msg["name"])
+    def model_handler(self):
+        return _RelaxModel(self)
 
 
 class _RelaxModel(Messenger):
-    def __init__(self, elbo, temperature, names):
+    # scores the model's relaxed sites at the guide's log-space samples
+    def __init__(self, sampler):
         super().__init__()
-        self.elbo, self.temperature, self.names = elbo, temperature, names
+        self.sampler = sampler
 
     def _pyro_sample(self, msg):
-        if msg["name"] in self.names and not msg["is_observed"]:
-            msg["fn"] = _relaxed(msg["fn"], self.temperature, False, msg["name"], self.elbo, "model")
+        latent = self.sampler.latents.get(msg["name"])
+        if latent is None or msg["is_observed"]:
+            return
+        fn = msg["fn"]
+        latent_dist = _latent_distribution(fn, self.sampler.prior_temperature)
+        msg["fn"] = _RelaxedSite(latent_dist, latent, msg["value"], fn.batch_shape, fn.event_shape)
+
+
+class Pathwise(Surrogate):
+    """
+    The surrogate of a fully reparameterized guide: ``-surrogate ELBO``
+    (every model term and each guide site's ``entropy_term``), averaged over
+    particles.
+    """
+
+    site_kinds = frozenset([BERNOULLI, ONEHOT, CONTINUOUS])
+
+    def check_site(self, elbo, name, site):
+        if site_kind(site["fn"]) == CATEGORICAL:
+            raise ValueError(
+                estimator_error(
+                    elbo,
+                    "guide site '{}' is a Categorical (integer index) site, which has no continuous "
+                    "relaxation. Declare it as OneHotCategorical (one-hot values; the model then "
+                    "receives one-hot vectors), or {}.".format(name, suggest(CATEGORICAL, exclude=elbo)),
+                )
+            )
+        super().check_site(elbo, name, site)
+
+    def __call__(self, particles, step):
+        _, surrogate_elbo = particles.pathwise_terms()
+        return -surrogate_elbo / particles.num_particles
 
 
 def exponential_decay(initial=1.0, rate=1e-4, minimum=0.5):
@@ -208,53 +223,41 @@ class RelaxedConcreteELBO(DiscreteELBO):
         Shixiang Gu, Ben Poole (ICLR 2017)
     """
 
-    def __init__(self, num_particles=1, temperature=2.0 / 3.0, prior_temperature=None, straight_through=False, **kwargs):
-        super().__init__(num_particles=num_particles, **kwargs)
+    def __init__(
+        self, num_particles=1, temperature=2.0 / 3.0, prior_temperature=None, straight_through=False, **kwargs
+    ):
         self.temperature = temperature
         self.prior_temperature = prior_temperature
         self.straight_through = straight_through
-        self.step_count = 0
-        self._relax = True
+        super().__init__(
+            num_particles=num_particles,
+            sampler=RelaxedSampler,
+            loss_sampler=IIDSampler,
+            surrogate=Pathwise(),
+            **kwargs,
+        )
         for value in (self.current_temperature(), self.current_prior_temperature()):
             if not value > 0:
                 raise ValueError(estimator_error(self, "temperatures must be positive, got {}".format(value)))
 
     def current_temperature(self):
-        """:math:`\\lambda_1` at the current step."""
+        """:math:`\\lambda_1` at the current step (:attr:`num_steps`)."""
         t = self.temperature
-        return float(t(self.step_count) if callable(t) else t)
+        return float(t(self.num_steps) if callable(t) else t)
 
     def current_prior_temperature(self):
         """:math:`\\lambda_2` at the current step."""
         t = self.prior_temperature
         if t is None:
             return self.current_temperature()
-        return float(t(self.step_count) if callable(t) else t)
-
-    def _get_trace(self, model, guide, args, kwargs):
-        if not self._relax:
-            return super()._get_trace(model, guide, args, kwargs)
-        relax = _RelaxGuide(self, self.current_temperature(), self.straight_through)
-        guide = relax(guide)
-        model = _RelaxModel(self, self.current_prior_temperature(), relax.names)(model)
-        return super()._get_trace(model, guide, args, kwargs)
-
-    def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
-        elbo, surrogate_elbo = self._pathwise_terms(model_trace, guide_trace)
-        return -elbo, -surrogate_elbo
+        return float(t(self.num_steps) if callable(t) else t)
 
     def _jit_unsupported(self):
         if callable(self.temperature) or callable(self.prior_temperature):
             return "a temperature schedule changes between steps; use a fixed temperature."
-        return None
+        return super()._jit_unsupported()
 
-    def _after_step(self):
-        self.step_count += 1
-
-    def loss(self, model, guide, *args, **kwargs):
-        """The usual estimate of the discrete ``-ELBO`` (no relaxation)."""
-        self._relax = False
-        try:
-            return super().loss(model, guide, *args, **kwargs)
-        finally:
-            self._relax = True
+    @property
+    def step_count(self):
+        """Gradient steps taken (what a temperature schedule reads); the same as :attr:`num_steps`."""
+        return self.num_steps

@@ -3,10 +3,104 @@
 The score-function (REINFORCE) estimator with baselines.
 """
 
-from .baselines import Baseline, make_baseline
-from .core import DiscreteELBO, estimator_error
+from .baselines import make_baseline
+from .elbo import DiscreteELBO, Surrogate
+from .errors import estimator_error
+from .samplers import IIDSampler
 
-__all__ = ["TraceScoreELBO"]
+__all__ = ["ScoreFunction", "TraceScoreELBO"]
+
+
+class ScoreFunction(Surrogate):
+    r"""
+    The score-function surrogate: pathwise terms for the model and the
+    reparameterizable guide sites, and for every other guide site
+    :math:`\log q(z_s)\,(c_s - b_s)`, averaged over particles.
+
+    :param baseline: see :class:`TraceScoreELBO`.
+    :param float decay: decay of moving-average baselines.
+    """
+
+    def __init__(self, baseline="auto", decay=0.9):
+        self.spec, self.decay = baseline, decay
+        self.baseline = None
+        self.site_baselines = {}
+
+    def bind(self, elbo):
+        self.owner = type(elbo).__name__
+        self.num_particles = elbo.num_particles
+        self.baseline = make_baseline(self.spec, self.decay, elbo.num_particles, owner=self.owner)
+        self._check(self.baseline, "baseline={!r}".format(self.spec))
+
+    def _check(self, baseline, what):
+        if baseline.needs_particles and self.num_particles < 2:
+            raise ValueError(
+                estimator_error(
+                    self.owner,
+                    "{} (leave-one-out) needs num_particles >= 2, got num_particles={}. "
+                    "Use num_particles=2 or more, or baseline='moving_average' or "
+                    "baseline=None for a single particle.".format(what, self.num_particles),
+                )
+            )
+
+    def baseline_for(self, name, site):
+        """The site's baseline: its ``infer={"score_baseline": ...}`` choice, or the estimator's."""
+        spec = site["infer"].get("score_baseline")
+        if spec is None:
+            return self.baseline
+        baseline = self.site_baselines.get(name)
+        if baseline is None:
+            baseline = make_baseline(spec, self.decay, self.num_particles, owner=self.owner)
+            self._check(baseline, "site '{}' asks for infer={{'score_baseline': {!r}}}, which".format(name, spec))
+            self.site_baselines[name] = baseline
+        return baseline
+
+    def jit_unsupported(self):
+        if self.baseline.stateful or any(b.stateful for b in self.site_baselines.values()):
+            return "a baseline keeps state between steps; use baseline='loo' or None."
+        return None
+
+    def __call__(self, particles, step):
+        _, surrogate_elbo = particles.pathwise_terms()
+        surrogate = -surrogate_elbo
+        for score_site in particles.score_sites():
+            baseline = self.baseline_for(score_site.name, score_site.site)
+            if step.elbo.jit_compile and baseline.stateful:
+                raise ValueError(
+                    estimator_error(
+                        self.owner,
+                        "site '{}' uses the baseline {!r}, which keeps state between steps and cannot be "
+                        "compiled (jit_compile=True); use 'loo' or None for that site, or "
+                        "jit_compile=False.".format(score_site.name, baseline),
+                    )
+                )
+            centered = score_site.cost - baseline(score_site)
+            surrogate = surrogate + (score_site.score * centered).sum()
+            if step.update:
+                baseline.update(score_site)
+        return surrogate / particles.num_particles
+
+    def state_dict(self):
+        state = {"baseline": self.baseline.state_dict()}
+        state["site_baselines"] = {name: (b.state_dict(), _spec(b)) for name, b in self.site_baselines.items()}
+        return state
+
+    def load_state_dict(self, state):
+        self.baseline.load_state_dict(state["baseline"])
+        for name, (baseline_state, spec) in state.get("site_baselines", {}).items():
+            baseline = make_baseline(spec, self.decay, self.num_particles, owner=self.owner)
+            baseline.load_state_dict(baseline_state)
+            self.site_baselines[name] = baseline
+
+
+def _spec(baseline):
+    from .baselines import LeaveOneOutBaseline, MovingAverageBaseline
+
+    if isinstance(baseline, MovingAverageBaseline):
+        return "moving_average"
+    if isinstance(baseline, LeaveOneOutBaseline):
+        return "loo"
+    return None
 
 
 class TraceScoreELBO(DiscreteELBO):
@@ -20,7 +114,7 @@ class TraceScoreELBO(DiscreteELBO):
     For a guide site :math:`z` with parameters :math:`\phi`, particles
     :math:`s = 1..S` and cost :math:`c_s = \log q(z_s) - \log p(x, z_s)`
     restricted to the plate elements :math:`z` can influence (see
-    :func:`~pyro_discrete.core.site_costs`), the surrogate is
+    :func:`~pyro_discrete.costs.site_costs`), the surrogate is
 
     .. math::
 
@@ -37,14 +131,16 @@ class TraceScoreELBO(DiscreteELBO):
                              loss=TraceScoreELBO(num_particles=10, baseline="loo"))
 
     :param int num_particles: particles per step (vectorized by default).
-    :param baseline: ``"loo"`` (alias ``"batch_average"``): leave-one-out mean
-        of the other particles' costs, per plate element, needs
-        ``num_particles >= 2`` [3]; ``"moving_average"``: an exponential moving
-        average per site (``decay``), used before it is updated; ``None`` or
-        ``"none"``; or a :class:`~pyro_discrete.baselines.Baseline`. A site can
-        choose its own with ``infer={"score_baseline": "moving_average"}``.
+    :param baseline: ``"auto"`` (default): leave-one-out with two or more
+        particles, a moving average with one; ``"loo"`` (alias
+        ``"batch_average"``): the mean of the other particles' costs, per
+        plate element, needs ``num_particles >= 2`` [3]; ``"moving_average"``:
+        an exponential moving average per site (``decay``), used before it is
+        updated; ``None`` or ``"none"``; or a
+        :class:`~pyro_discrete.baselines.Baseline`. A site can choose its own
+        with ``infer={"score_baseline": "moving_average"}``.
     :param float decay: decay of the moving-average baseline.
-    :param kwargs: passed to :class:`~pyro_discrete.core.DiscreteELBO` and
+    :param kwargs: passed to :class:`~pyro_discrete.elbo.DiscreteELBO` and
         :class:`pyro.infer.ELBO` (``max_plate_nesting``,
         ``vectorize_particles``, ``track_dependencies``, ...).
 
@@ -60,72 +156,12 @@ class TraceScoreELBO(DiscreteELBO):
         Herke van Hoof, Max Welling (ICLR 2019 workshop)
     """
 
-    def __init__(self, num_particles=1, baseline="loo", decay=0.9, **kwargs):
-        super().__init__(num_particles=num_particles, **kwargs)
-        self.decay = decay
-        self.baseline = make_baseline(baseline, decay, owner=type(self).__name__)
-        self._check_baseline(self.baseline, "baseline={!r}".format(baseline))
-        self._site_baselines = {}
+    def __init__(self, num_particles=1, baseline="auto", decay=0.9, **kwargs):
+        super().__init__(
+            num_particles=num_particles, sampler=IIDSampler, surrogate=ScoreFunction(baseline, decay), **kwargs
+        )
 
-    def _check_baseline(self, baseline, what):
-        if baseline.needs_particles and self.num_particles < 2:
-            raise ValueError(
-                estimator_error(
-                    self,
-                    "{} (leave-one-out) needs num_particles >= 2, got num_particles={}. "
-                    "Use num_particles=2 or more, or baseline='moving_average' or "
-                    "baseline=None for a single particle.".format(what, self.num_particles),
-                )
-            )
-        if baseline.needs_particles and not self.vectorize_particles:
-            raise ValueError(
-                estimator_error(
-                    self,
-                    "{} (leave-one-out) needs vectorize_particles=True, since every "
-                    "particle's cost must be known at once.".format(what),
-                )
-            )
-
-    def _jit_unsupported(self):
-        if _is_stateful(self.baseline):
-            return "the baseline {!r} keeps state between steps; use baseline='loo' or None.".format(self.baseline)
-        return None
-
-    def _baseline_for(self, name, site):
-        spec = site["infer"].get("score_baseline")
-        if spec is None:
-            return self.baseline
-        baseline = self._site_baselines.get(name)
-        if baseline is None:
-            baseline = make_baseline(spec, self.decay, owner=type(self).__name__)
-            self._check_baseline(
-                baseline, "site '{}' asks for infer={{'score_baseline': {!r}}}, which".format(name, spec)
-            )
-            if self.jit_compile and _is_stateful(baseline):
-                raise ValueError(
-                    estimator_error(
-                        self,
-                        "site '{}' asks for infer={{'score_baseline': {!r}}}, which keeps state between "
-                        "steps and cannot be compiled (jit_compile=True); use 'loo' or None for that "
-                        "site, or jit_compile=False.".format(name, spec),
-                    )
-                )
-            self._site_baselines[name] = baseline
-        return baseline
-
-    def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
-        elbo, surrogate_elbo = self._pathwise_terms(model_trace, guide_trace)
-        surrogate_loss = -surrogate_elbo
-        particle_dim = self._particle_dim()
-        for name, site, cost in self._score_sites_and_costs(model_trace, guide_trace):
-            baseline = self._baseline_for(name, site)
-            centered = cost - baseline(name, site, cost, particle_dim)
-            surrogate_loss = surrogate_loss + (site["score_parts"].score_function * centered).sum()
-            if update:
-                baseline.update(name, site, cost)
-        return -elbo, surrogate_loss
-
-
-def _is_stateful(baseline):
-    # a baseline that learns from past steps (overrides Baseline.update)
-    return type(baseline).update is not Baseline.update
+    @property
+    def baseline(self):
+        """The estimator's :class:`~pyro_discrete.baselines.Baseline`."""
+        return self.surrogate.baseline

@@ -3,9 +3,40 @@
 VarGrad: the log-variance loss.
 """
 
-from .core import DetachedSamples, DiscreteELBO, estimator_error
+from .elbo import DiscreteELBO, Surrogate
+from .errors import estimator_error
+from .samplers import DetachedSampler, IIDSampler
 
-__all__ = ["VarGradELBO"]
+__all__ = ["LogVariance", "VarGradELBO"]
+
+
+class LogVariance(Surrogate):
+    r"""
+    The log-variance surrogate: pathwise terms for the model (and, with
+    ``continuous="pathwise"``, the reparameterizable guide sites), plus
+    :math:`\tfrac12\widehat{\operatorname{Var}}_s[\ell_{k,i,s}]` per guide
+    site :math:`k` and element :math:`i` of its plates.
+    """
+
+    def bind(self, elbo):
+        if elbo.num_particles < 2:
+            raise ValueError(
+                estimator_error(
+                    elbo,
+                    "the log-variance loss needs num_particles >= 2 (a variance over "
+                    "particles), got num_particles={}. Use num_particles=2 or more, or "
+                    "TraceScoreELBO(baseline='moving_average') for a single particle.".format(elbo.num_particles),
+                )
+            )
+
+    def __call__(self, particles, step):
+        _, surrogate_elbo = particles.pathwise_terms()
+        surrogate = -surrogate_elbo / particles.num_particles
+        for score_site in particles.score_sites():
+            log_q = score_site.score
+            log_ratio = log_q + (score_site.cost - log_q.detach())
+            surrogate = surrogate + 0.5 * log_ratio.var(score_site.particle_dim, correction=1).sum()
+        return surrogate
 
 
 class VarGradELBO(DiscreteELBO):
@@ -30,7 +61,7 @@ class VarGradELBO(DiscreteELBO):
     With plates, the variance is taken per guide site and per element of the
     site's plates, over the cost the site can influence (its plate-level
     Rao-Blackwellized share of ``f``, see
-    :func:`~pyro_discrete.core.site_costs`), and summed:
+    :func:`~pyro_discrete.costs.site_costs`), and summed:
 
     .. math::
 
@@ -50,9 +81,10 @@ class VarGradELBO(DiscreteELBO):
     detached and enters the variance loss, as in [1].
 
     ``loss`` and the value of ``loss_and_grads`` / ``differentiable_loss`` are
-    the usual estimate of ``-ELBO``, comparable with any other ELBO.
+    the usual estimate of ``-ELBO``, comparable with any other ELBO. Particles
+    may be vectorized (default) or looped (``vectorize_particles=False``).
 
-    :param int num_particles: ``S >= 2`` particles, vectorized.
+    :param int num_particles: ``S >= 2`` particles.
     :param str continuous: ``"pathwise"`` or ``"log_variance"``.
 
     **References**
@@ -66,38 +98,10 @@ class VarGradELBO(DiscreteELBO):
     """
 
     def __init__(self, num_particles=8, continuous="pathwise", **kwargs):
-        super().__init__(num_particles=num_particles, **kwargs)
-        if num_particles < 2:
-            raise ValueError(
-                estimator_error(
-                    self,
-                    "the log-variance loss needs num_particles >= 2 (a variance over "
-                    "particles), got num_particles={}. Use num_particles=2 or more, or "
-                    "TraceScoreELBO(baseline='moving_average') for a single particle.".format(num_particles),
-                )
-            )
-        if not self.vectorize_particles:
-            raise ValueError(
-                estimator_error(self, "needs vectorize_particles=True: the variance is taken over all particles at once.")
-            )
         if continuous not in ("pathwise", "log_variance"):
             raise ValueError(
                 estimator_error(self, "continuous must be 'pathwise' or 'log_variance', got {!r}".format(continuous))
             )
         self.continuous = continuous
-
-    def _guide_handlers(self):
-        return (DetachedSamples(),) if self.continuous == "log_variance" else ()
-
-    def _particle_loss_and_surrogate(self, model_trace, guide_trace, update):
-        elbo, surrogate_elbo = self._pathwise_terms(model_trace, guide_trace)
-        surrogate_loss = -surrogate_elbo
-        particle_dim = self._particle_dim()
-        for name, site, cost in self._score_sites_and_costs(model_trace, guide_trace):
-            log_q = site["score_parts"].score_function
-            log_ratio = log_q + (cost - log_q.detach())
-            # the surrogate is divided by num_particles afterwards (as a mean
-            # over particles); multiply back so the loss is 1/2 Var
-            log_variance = log_ratio.var(particle_dim, correction=1)
-            surrogate_loss = surrogate_loss + 0.5 * self.num_particles * log_variance.sum()
-        return -elbo, surrogate_loss
+        sampler = DetachedSampler if continuous == "log_variance" else IIDSampler
+        super().__init__(num_particles=num_particles, sampler=sampler, surrogate=LogVariance(), **kwargs)

@@ -6,11 +6,12 @@ Every family is a :class:`Family` with a model, a guide, their arguments, the
 model's plate nesting and, where Pyro's own exact :class:`TraceEnum_ELBO`
 applies, an equivalent model/guide written with one site per latent.
 
-Gradient draws are made in batches: the model and guide are run inside an
-outer ``pyro.plate("_draws", D)``, so one pass computes the sum of ``D``
-independent copies of the estimator (each copy's costs stay in its own plate
-element). ``B`` passes give ``B`` independent batch means, whose spread gives
-the standard error of the overall mean of ``B·D`` draws.
+Gradient draws are made in batches with :mod:`pyro_discrete.statistics` (the
+module :mod:`pyro_discrete.diagnostics` uses): the model and guide are run
+inside an outer plate of ``D`` copies, so one pass computes the sum of ``D``
+independent copies of the estimator; ``B`` passes give ``B`` independent batch
+means, whose spread gives the standard error of the overall mean of ``B·D``
+draws.
 """
 
 import math
@@ -22,6 +23,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.distributions import constraints
+
+from pyro_discrete.elbo import Step
+from pyro_discrete.statistics import bias_z, draw_statistics, draws_plate
 
 
 # ----------------------------------------------------------------------
@@ -282,67 +286,37 @@ def init_params(family):
     return _params()
 
 
-def draws_plate(fn, num_draws, max_plate_nesting):
-    """Run ``fn`` inside an outer plate of ``num_draws`` independent copies."""
-
-    def wrapped(*args, **kwargs):
-        with pyro.plate("_draws", num_draws, dim=-(max_plate_nesting + 1)):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-@dataclass
-class DrawStats:
-    mean: dict
-    se: dict
-    var: dict  # variance of a single draw, per element
-    loss_mean: float
-    loss_se: float
-    num_draws: int
-
-    def total_variance(self):
-        return sum(v.sum().item() for v in self.var.values())
-
-
 def gradient_draws(elbo, family, num_batches=50, draws_per_batch=40, seed=0, args=None, warmup=0):
     """
     ``num_batches * draws_per_batch`` independent draws of ``elbo``'s gradient
-    (with respect to every parameter, unconstrained) and loss, without changing
-    any parameter. Returns their means, standard errors and per-draw variances.
+    (with respect to every parameter, unconstrained) and loss, through
+    ``differentiable_loss`` (so the estimator's state advances as in
+    training), without changing any parameter. Returns a
+    :class:`~pyro_discrete.statistics.DrawStatistics`.
     """
     args = family.args if args is None else args
-    model = draws_plate(family.model, draws_per_batch, family.max_plate_nesting)
-    guide = draws_plate(family.guide, draws_per_batch, family.max_plate_nesting)
+    dim = -(family.max_plate_nesting + 1)
+    model = draws_plate(family.model, draws_per_batch, dim)
+    guide = draws_plate(family.guide, draws_per_batch, dim)
     params = _params()
     names = list(params)
     pyro.set_rng_seed(seed)
     for _ in range(warmup):
         elbo.differentiable_loss(model, guide, *args)
-    grads = {n: [] for n in names}
-    losses = []
+    batches = []
     for _ in range(num_batches):
         loss = elbo.differentiable_loss(model, guide, *args)
-        g = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-        for n, gi in zip(names, g):
-            grads[n].append((torch.zeros_like(params[n]) if gi is None else gi) / draws_per_batch)
-        losses.append(loss.detach() / draws_per_batch)
-    mean, se, var = {}, {}, {}
-    for n in names:
-        stack = torch.stack(grads[n])
-        mean[n] = stack.mean(0)
-        batch_var = stack.var(0)
-        se[n] = (batch_var / num_batches).sqrt()
-        var[n] = batch_var * draws_per_batch
-    losses = torch.stack(losses)
-    return DrawStats(
-        mean,
-        se,
-        var,
-        losses.mean().item(),
-        (losses.var() / num_batches).sqrt().item(),
-        num_batches * draws_per_batch,
-    )
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+        grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)]
+        batches.append((loss.item(), grads))
+    return draw_statistics(batches, names, draws_per_batch)
+
+
+def first_traces(elbo, model, guide, args=(), kwargs=None, for_gradient=True):
+    """``(model_trace, guide_trace)`` of the first particle set that ``elbo`` draws (no gradient step)."""
+    step = Step(elbo, model, guide, tuple(args), kwargs or {}, False)
+    pair = elbo._draw(step, for_gradient).pairs[0]
+    return pair.model_trace, pair.guide_trace
 
 
 def exact_gradient(family, elbo=None):
@@ -375,7 +349,7 @@ def reference(family, num_batches=50, draws_per_batch=400):
 
     if family.reference == "sampled":
         stats = gradient_draws(ExpectELBO(), family, num_batches, draws_per_batch, seed=99)
-        return stats.loss_mean, stats.loss_se, stats.mean, stats.se
+        return stats.loss, stats.loss_se, stats.mean, stats.se
     loss, grads = exact_gradient(family)
     return loss, 0.0, grads, {n: torch.zeros_like(g) for n, g in grads.items()}
 
@@ -389,21 +363,19 @@ def check_unbiased(stats, ref, num_se=5.0, what=""):
     worst = 0.0
     failures = []
     for n, mean in stats.mean.items():
-        se = (stats.se[n] ** 2 + ref_ses[n] ** 2).sqrt()
-        err = (mean - ref_grads[n]).abs()
-        tol = num_se * se + 1e-8 * (1.0 + ref_grads[n].abs())
-        z = err / se.clamp(min=1e-12)
-        worst = max(worst, z[se > 0].max().item() if (se > 0).any() else 0.0)
-        if (err > tol).any():
-            i = int((err - tol).flatten().argmax())
+        z = bias_z(mean, stats.se[n], ref_grads[n], ref_ses[n])
+        worst = max(worst, z.max().item() if z.numel() else 0.0)
+        if (z > num_se).any():
+            i = int(z.flatten().argmax())
+            se = (stats.se[n] ** 2 + ref_ses[n] ** 2).sqrt()
             failures.append(
                 "{}[{}]: mean {:.5g} vs exact {:.5g} (se {:.3g})".format(
                     n, i, mean.flatten()[i].item(), ref_grads[n].flatten()[i].item(), se.flatten()[i].item()
                 )
             )
     loss_se = math.sqrt(stats.loss_se**2 + ref_loss_se**2)
-    if abs(stats.loss_mean - ref_loss) > num_se * loss_se + 1e-8 * (1 + abs(ref_loss)):
-        failures.append("loss: mean {:.6g} vs exact {:.6g} (se {:.3g})".format(stats.loss_mean, ref_loss, loss_se))
+    if abs(stats.loss - ref_loss) > num_se * loss_se + 1e-8 * (1 + abs(ref_loss)):
+        failures.append("loss: mean {:.6g} vs exact {:.6g} (se {:.3g})".format(stats.loss, ref_loss, loss_se))
     assert not failures, "{} biased beyond {} standard errors over {} draws: {}".format(
         what, num_se, stats.num_draws, "; ".join(failures)
     )

@@ -9,14 +9,10 @@ import torch
 from pyro import poutine
 
 from pyro_discrete import TraceScoreELBO
-from pyro_discrete.core import (
-    CategoricalSampler,
-    fused_log_prob,
-    get_importance_traces,
-    sample_categorical,
-    score_function_sites,
-    site_costs,
-)
+from common import first_traces
+from pyro_discrete.samplers import IIDSampler as CategoricalSampler, sample_categorical
+from pyro_discrete.costs import site_costs
+from pyro_discrete.traces import fused_log_prob, get_importance_traces, score_function_sites
 
 
 @pytest.mark.parametrize("param", ["logits", "probs"])
@@ -70,7 +66,7 @@ def test_observed_log_prob_in_traces_is_scaled_and_masked():
 
 
 def _traces(model, guide, elbo):
-    return next(iter(elbo._get_traces(model, guide, (), {})))
+    return first_traces(elbo, model, guide)
 
 
 def test_site_costs_are_kept_per_plate_element():

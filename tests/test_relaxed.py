@@ -6,7 +6,7 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
-from common import poisson_model_guide, exact_gradient, gradient_draws, init_params, make_family
+from common import first_traces, poisson_model_guide, exact_gradient, gradient_draws, init_params, make_family
 from pyro_discrete import RelaxedConcreteELBO, TraceScoreELBO, exponential_decay
 from tutorial_vae import make_tutorial_vae
 
@@ -56,7 +56,7 @@ def _capture_model_values(straight_through):
     family = make_family("to_event_onehot")
     init_params(family)
     elbo = RelaxedConcreteELBO(num_particles=5, temperature=0.5, straight_through=straight_through)
-    model_trace, _ = next(iter(elbo._get_traces(family.model, family.guide, family.args, {})))
+    model_trace, _ = first_traces(elbo, family.model, family.guide, family.args)
     return model_trace.nodes["z"]["value"]
 
 

@@ -1,0 +1,595 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The contract every estimator in :mod:`pyro_discrete` is written on.
+
+An estimator is a :class:`DiscreteELBO` that pairs two objects:
+
+* a **sampler** (:class:`~pyro_discrete.samplers.Sampler`): how the guide's
+  sites are drawn, and what the estimator needs to know of the draw;
+* a **surrogate** (:class:`Surrogate`): how the traces of one step become the
+  value of the objective and a surrogate loss whose gradient is the estimator.
+
+:class:`DiscreteELBO` runs the traces -- particles vectorized in an outermost
+plate, as :class:`pyro.infer.Trace_ELBO` does with
+``vectorize_particles=True``, or one after another -- and hands them to the
+surrogate as :class:`Particles`, with a :class:`Step` that gives access to the
+tools a surrogate may need: a batched replay of the model at other values of
+chosen sites (:mod:`~pyro_discrete.replay`), auxiliary parameters with an
+objective of their own (:mod:`~pyro_discrete.auxiliary`), and whether the
+estimator's state may advance. :meth:`~DiscreteELBO.loss` asks for no
+gradient, so it runs the model once per particle and nothing else.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pyro
+import torch
+from pyro.infer.elbo import ELBO, ELBOModule
+from pyro.infer.tracegraph_elbo import TrackNonReparam
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.ops.provenance import detach_provenance
+from pyro.util import warn_if_nan
+
+from .compile import CompileCache
+from .costs import cost_terms, site_costs
+from .errors import estimator_error, suggest
+from .samplers import IIDSampler
+from .traces import check_infer_keys, check_model_guide, get_importance_traces, score_function_sites
+from .util import (
+    BERNOULLI,
+    CATEGORICAL,
+    CONTINUOUS,
+    ONEHOT,
+    OTHER,
+    innermost_distribution,
+    sample_sites,
+    site_kind,
+    total,
+)
+
+_KIND_WORDS = {
+    BERNOULLI: "a Bernoulli site",
+    CATEGORICAL: "a Categorical (index) site",
+    ONEHOT: "a OneHotCategorical site",
+    CONTINUOUS: "a reparameterizable continuous site",
+    OTHER: "neither Bernoulli, Categorical, OneHotCategorical nor reparameterizable",
+}
+
+__all__ = ["DiscreteELBO", "Particles", "ScoreSite", "Step", "Surrogate", "TracePair"]
+
+
+# ----------------------------------------------------------------------
+# what a surrogate reads
+# ----------------------------------------------------------------------
+@dataclass
+class TracePair:
+    """
+    One run of the guide (under its sampler) and the model against it.
+
+    :ivar model_trace: the model's trace, log-probabilities computed.
+    :ivar guide_trace: the guide's trace, score parts computed.
+    :ivar sampler: the sampler that drew the guide's sites, with what it recorded.
+    :ivar int num_particles: particles held in this pair (vectorized along ``particle_dim``).
+    :ivar particle_dim: the batch dim of the particles, or ``None`` for one particle.
+    :ivar model: the model as run (inside the particle plate), for replays.
+    :ivar guide: the guide as run, without its sampler.
+    :ivar raw_guide_trace: the guide trace before subsample sites were pruned.
+    """
+
+    model_trace: object
+    guide_trace: object
+    sampler: object
+    num_particles: int = 1
+    particle_dim: Optional[int] = None
+    model: object = None
+    guide: object = None
+    raw_guide_trace: object = None
+    _groups: dict = field(default=None, repr=False)
+
+    def cost_terms(self, track_dependencies=False):
+        """The :func:`~pyro_discrete.costs.cost_terms` of this pair (computed once)."""
+        if self._groups is None or self._groups[0] != track_dependencies:
+            self._groups = (track_dependencies, cost_terms(self.model_trace, self.guide_trace, track_dependencies))
+        return self._groups[1]
+
+    def elbo(self):
+        """``sum log p - sum log q`` of this pair, summed over its particles (with its graph)."""
+        model_terms = [site["log_prob_sum"] for _, site in sample_sites(self.model_trace)]
+        guide_terms = [site["log_prob_sum"] for _, site in sample_sites(self.guide_trace)]
+        return total(model_terms) - total(guide_terms)
+
+
+@dataclass
+class ScoreSite:
+    """
+    A guide site that needs a non-pathwise gradient, with what every particle
+    says of it.
+
+    :ivar str name: the site's name.
+    :ivar dict site: the guide site (of the first trace when particles are looped).
+    :ivar score: :math:`\\log q(z)` of every particle, unscaled, with its graph
+        (Pyro's ``score_function``), shaped like the site's batch, with the
+        particles along ``particle_dim``.
+    :ivar cost: the cost the site can influence (:func:`~pyro_discrete.costs.site_costs`),
+        detached, shaped like ``score``.
+    :ivar particle_dim: the dim of ``score`` and ``cost`` that holds the
+        particles, or ``None`` with one particle.
+    """
+
+    name: str
+    site: dict
+    score: torch.Tensor
+    cost: torch.Tensor
+    particle_dim: Optional[int]
+
+
+class Particles:
+    """
+    The traces of one step: a list of :class:`TracePair` (one when particles
+    are vectorized, ``num_particles`` when they are looped), with the
+    per-particle quantities that surrogates read, stacked along a particle dim
+    either way.
+    """
+
+    def __init__(self, pairs, num_particles, track_dependencies=False):
+        self.pairs = pairs
+        self.num_particles = num_particles
+        self.track_dependencies = track_dependencies
+
+    def __iter__(self):
+        return iter(self.pairs)
+
+    def mc_loss(self):
+        """The Monte Carlo estimate of ``-ELBO``: the mean over particles of ``log q - log p``."""
+        return -total([pair.elbo() for pair in self.pairs]) / self.num_particles
+
+    def pathwise_terms(self):
+        """
+        ``(elbo, surrogate_elbo)`` summed over particles: the ELBO, and the part
+        of the surrogate that carries pathwise gradients -- every model term,
+        and each guide site's ``entropy_term`` (``log q`` for reparameterized
+        sites, zero for the others, whose gradient comes from their estimator).
+        """
+        elbos, surrogates = [], []
+        for pair in self.pairs:
+            model_sum = total([site["log_prob_sum"] for _, site in sample_sites(pair.model_trace)])
+            guide_terms, entropy_terms = [], []
+            for _, site in sample_sites(pair.guide_trace):
+                guide_terms.append(site["log_prob_sum"])
+                entropy_term = site["score_parts"].entropy_term
+                if torch.is_tensor(entropy_term) or entropy_term != 0:
+                    entropy_terms.append(entropy_term.sum())
+            elbos.append(model_sum - total(guide_terms))
+            surrogates.append(model_sum - total(entropy_terms) if entropy_terms else model_sum)
+        return total(elbos), total(surrogates)
+
+    def score_sites(self):
+        """The :class:`ScoreSite` s of the guide, in guide order."""
+        per_pair = []
+        for pair in self.pairs:
+            sites = score_function_sites(pair.guide_trace)
+            groups = pair.cost_terms(self.track_dependencies) if sites else None
+            costs = site_costs(
+                pair.model_trace, pair.guide_trace, [n for n, _ in sites], self.track_dependencies, groups
+            )
+            per_pair.append([(name, site, costs[name]) for name, site in sites])
+        if len(self.pairs) == 1:
+            dim = self.pairs[0].particle_dim
+            return [ScoreSite(n, s, s["score_parts"].score_function, c, dim) for n, s, c in per_pair[0]]
+        result = []
+        for i, (name, site, _) in enumerate(per_pair[0]):
+            score = torch.stack([entries[i][1]["score_parts"].score_function for entries in per_pair])
+            cost = torch.stack([entries[i][2] for entries in per_pair])
+            result.append(ScoreSite(name, site, score, cost, -score.dim()))
+        return result
+
+
+class Step:
+    """
+    The context of one evaluation of an estimator, for its surrogate: the model,
+    guide and arguments (for replays), whether the estimator's state may
+    advance (``update``), and the count of model evaluations.
+    """
+
+    def __init__(self, elbo, model, guide, args, kwargs, update):
+        self.elbo, self.model, self.guide, self.args, self.kwargs = elbo, model, guide, args, kwargs
+        self.update = update
+        self.evaluations = 0
+
+    def replay(self, pair, alternatives):
+        """
+        The model and guide replayed, without gradients and in one batched run,
+        at other values of chosen guide sites: see :class:`~pyro_discrete.replay.Replay`.
+        """
+        from .replay import Replay
+
+        return Replay(self)(pair, alternatives)
+
+
+class Surrogate:
+    """
+    How the traces of one step become the objective's value and a surrogate
+    loss whose gradient is the estimator. Subclasses implement :meth:`__call__`
+    and, when the value is not the plain Monte Carlo estimate of ``-ELBO``,
+    :meth:`loss`.
+    """
+
+    #: the ``infer`` options of Pyro this surrogate honors (see :func:`~pyro_discrete.traces.check_infer_keys`)
+    honored_infer_keys = ()
+
+    #: the kinds of guide sites it takes (see :func:`~pyro_discrete.util.site_kind`)
+    site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS, OTHER])
+
+    def bind(self, elbo):
+        """Checks the ELBO's options; called once, when the ELBO is built."""
+
+    def check_site(self, elbo, name, site):
+        """Raises an error naming the site, the estimator and what to use instead, for a site it cannot take."""
+        kind = site_kind(site["fn"])
+        if kind not in self.site_kinds:
+            raise NotImplementedError(
+                estimator_error(
+                    elbo,
+                    "guide site '{}' ({}) is {}, which this estimator does not take; {}.".format(
+                        name,
+                        type(innermost_distribution(site["fn"])).__name__,
+                        _KIND_WORDS[kind],
+                        suggest(kind, exclude=elbo),
+                    ),
+                )
+            )
+
+    def loss(self, particles):
+        """The estimate of the negated objective (``-ELBO`` by default); a tensor or ``0.``."""
+        return particles.mc_loss()
+
+    def __call__(self, particles, step):
+        """A tensor whose gradient is the estimator of the gradient of :meth:`loss`'s expectation."""
+        raise NotImplementedError
+
+    def loss_and_surrogate(self, particles, step):
+        """``(loss, surrogate)``; override to share work between the two."""
+        return self.loss(particles), self(particles, step)
+
+    def jit_unsupported(self):
+        """Why a step of this surrogate cannot be compiled, or ``None``."""
+        return None
+
+    def after_step(self):
+        """Called once per gradient step that may update state."""
+
+    def state_dict(self):
+        """The surrogate's state (moving averages, ...), for :meth:`DiscreteELBO.state_dict`."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restores what :meth:`state_dict` returned."""
+
+    def auxiliary_modules(self):
+        """``{name: nn.Module}``: the auxiliary parameters this surrogate learns (:mod:`~pyro_discrete.auxiliary`)."""
+        return {}
+
+
+# ----------------------------------------------------------------------
+# the ELBO
+# ----------------------------------------------------------------------
+class _DiscreteELBOModule(ELBOModule):
+    # Pyro's ELBOModule, with the estimator's auxiliary parameters among its own
+    # (so that ``torch.optim.Adam(elbo(model, guide).parameters())`` steps them)
+    def __init__(self, model, guide, elbo):
+        super().__init__(model, guide, elbo)
+        self.auxiliary = torch.nn.ModuleDict(dict(elbo.surrogate.auxiliary_modules()))
+
+
+class DiscreteELBO(ELBO):
+    """
+    Base class of the ELBO implementations in :mod:`pyro_discrete`: a sampler
+    and a surrogate (see the module's docstring) behind Pyro's ELBO interface.
+
+    :meth:`loss`, :meth:`loss_and_grads`, :meth:`differentiable_loss` and
+    ``__call__`` follow :class:`~pyro.infer.Trace_ELBO`'s conventions: every
+    method's value is the estimate of the negated objective (``-ELBO``, or the
+    negated multi-sample bound of :class:`~pyro_discrete.VIMCOELBO`), and the
+    gradient of :meth:`differentiable_loss` (and the gradients left by
+    :meth:`loss_and_grads`) is the estimator.
+
+    :param int num_particles: number of particles (samples of the guide) per
+        estimate.
+    :param max_plate_nesting: bound on the number of nested plates; guessed
+        from one run of the model and guide when it is needed (vectorized
+        particles, enumeration) and not given.
+    :param bool vectorize_particles: draw the particles in one vectorized run,
+        in an outermost plate named ``"num_particles_vectorized"`` (default
+        ``True``, unlike Pyro's ELBOs); ``False`` runs them one after another,
+        for models that do not broadcast over a dim left of their plates.
+    :param bool track_dependencies: restrict each site's cost to the terms
+        that depend on it (provenance tracking, as in
+        :class:`~pyro.infer.TraceGraph_ELBO`). Lower variance for guides with
+        many sites, at some cost in time. Default ``False``: costs are still
+        Rao-Blackwellized by plates.
+    :param bool jit_compile: compile the step with :func:`pyro.ops.jit.trace`
+        (``torch.jit.trace``), as :class:`~pyro.infer.JitTrace_ELBO` does, once
+        per model, guide and shapes of the tensor arguments. It removes part of
+        Pyro's per-step Python work, which pays at small steps but not at large
+        ones (``benchmarks/results/grid_jit.md``). The limits of
+        ``JitTrace_ELBO`` apply: static model structure, tensors passed
+        positionally, the same model and guide objects from step to step.
+        Estimators that keep state between steps refuse it.
+        ``torch.jit.trace`` is deprecated from torch 2.13 and warns so.
+    :param sampler: the sampler class (or factory) of gradient steps.
+    :param surrogate: the :class:`Surrogate`.
+    :param loss_sampler: the sampler of :meth:`loss` (default: ``sampler``).
+    """
+
+    def __init__(
+        self,
+        num_particles=1,
+        max_plate_nesting=float("inf"),
+        vectorize_particles=True,
+        track_dependencies=False,
+        jit_compile=False,
+        *,
+        sampler=IIDSampler,
+        surrogate=None,
+        loss_sampler=None,
+        **kwargs,
+    ):
+        if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+            raise ValueError(
+                estimator_error(self, "num_particles must be a positive integer, got {!r}".format(num_particles))
+            )
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            **kwargs,
+        )
+        if surrogate is None:
+            raise ValueError(estimator_error(self, "a surrogate is required"))
+        self.track_dependencies = track_dependencies
+        self.jit_compile = jit_compile
+        if jit_compile and track_dependencies:
+            raise ValueError(
+                estimator_error(
+                    self,
+                    "jit_compile=True cannot trace the provenance tracking of track_dependencies=True; "
+                    "use one or the other.",
+                )
+            )
+        self.sampler = sampler
+        self.loss_sampler = sampler if loss_sampler is None else loss_sampler
+        self.surrogate = surrogate
+        #: gradient steps taken (steps that may update state)
+        self.num_steps = 0
+        #: model evaluations (joint configurations of the guide's sites, per
+        #: plate element) made by the last call
+        self.num_evaluations = None
+        self._compiled = CompileCache()
+        self._warned_infer_keys = set()
+        surrogate.bind(self)
+
+    # ------------------------------------------------------------------
+    # drawing the traces
+    # ------------------------------------------------------------------
+    def _particle_dim(self):
+        """The batch dim (negative) of the vectorized particles, or ``None``."""
+        if self.vectorize_particles and self.num_particles > 1:
+            return -self.max_plate_nesting
+        return None
+
+    def _ensure_plate_nesting(self, step, sampler):
+        if self.max_plate_nesting != float("inf"):
+            return
+        if (self.vectorize_particles and self.num_particles > 1) or getattr(sampler, "needs_plate_nesting", False):
+            self._guess_max_plate_nesting(step.model, step.guide, step.args, step.kwargs)
+
+    def _draw(self, step, for_gradient):
+        """The :class:`Particles` of one step."""
+        sampler = self.sampler if for_gradient else self.loss_sampler
+        self._ensure_plate_nesting(step, sampler)
+        particle_dim = self._particle_dim()
+        if particle_dim is not None:
+            model = self._vectorized_num_particles(step.model)
+            guide = self._vectorized_num_particles(step.guide)
+            try:
+                pairs = [self._trace(model, guide, step, sampler, self.num_particles, particle_dim)]
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                self._explain_broadcast_failure(e, step, sampler)
+                raise
+        else:
+            pairs = [self._trace(step.model, step.guide, step, sampler, 1, None) for _ in range(self.num_particles)]
+        return Particles(pairs, self.num_particles, self.track_dependencies)
+
+    def _trace(self, model, guide, step, sampler_class, num_particles, particle_dim):
+        sampler = sampler_class(self)
+        sampled_guide = sampler(guide)
+        model_handler = sampler.model_handler()
+        run_model = model if model_handler is None else model_handler(model)
+        if self.track_dependencies:
+            with TrackNonReparam():
+                model_trace, guide_trace, raw = get_importance_traces(
+                    self.max_plate_nesting, run_model, sampled_guide, step.args, step.kwargs, with_raw=True
+                )
+        else:
+            model_trace, guide_trace, raw = get_importance_traces(
+                self.max_plate_nesting, run_model, sampled_guide, step.args, step.kwargs, with_raw=True
+            )
+        sampler.after_trace(guide_trace)
+        check_model_guide(self, model_trace, guide_trace)
+        for name, site in sample_sites(guide_trace):
+            if not site["is_observed"]:
+                self.surrogate.check_site(self, name, site)
+        check_infer_keys(self, guide_trace, self.surrogate.honored_infer_keys)
+        step.evaluations += num_particles * getattr(sampler, "evaluations", 1)
+        return TracePair(model_trace, guide_trace, sampler, num_particles, particle_dim, model, guide, raw)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """One ``(model_trace, guide_trace)`` of the gradient's sampler, as Pyro's ELBOs return it."""
+        step = Step(self, model, guide, args, kwargs, False)
+        pair = self._trace(model, guide, step, self.sampler, 1, None)
+        return pair.model_trace, pair.guide_trace
+
+    def _explain_broadcast_failure(self, error, step, sampler):
+        """
+        After a vectorized run failed: if one particle runs, the model or guide
+        does not broadcast over the particle dim; raise an error that says so.
+        """
+        if isinstance(error, NotImplementedError):  # a RuntimeError, but not about shapes
+            return
+        try:
+            with pyro.poutine.block(), torch.no_grad():
+                single = Step(self, step.model, step.guide, step.args, step.kwargs, False)
+                self._trace(step.model, step.guide, single, sampler, 1, None)
+        except Exception:  # noqa: BLE001 - the failure is not about particles: re-raise the original
+            return
+        raise ValueError(
+            estimator_error(
+                self,
+                "the model or guide does not broadcast over the vectorized particles "
+                "(plate 'num_particles_vectorized' of size {} at dim {}){}; with one particle it runs. "
+                "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
+                "x[z], networks that accept extra leading dims), or pass vectorize_particles=False to run "
+                "the particles one after another. The error was: {}: {}".format(
+                    self.num_particles, -self.max_plate_nesting, self._failing_site(step), type(error).__name__, error
+                ),
+            )
+        ) from error
+
+    def _failing_site(self, step):
+        # where the vectorized run fails: the last sample site entered before
+        model = self._vectorized_num_particles(step.model)
+        guide = self._vectorized_num_particles(step.guide)
+        for where in ("guide", "model"):
+            last = _LastSite()
+            try:
+                with pyro.poutine.block(), torch.no_grad(), last:
+                    if where == "guide":
+                        guide_trace = pyro.poutine.trace(guide).get_trace(*step.args, **step.kwargs)
+                    else:
+                        pyro.poutine.replay(model, trace=guide_trace)(*step.args, **step.kwargs)
+            except Exception:  # noqa: BLE001
+                if last.name is None:
+                    return ", in the {} before its first sample site".format(where)
+                return ", in the {} after sample site '{}'".format(where, last.name)
+        return ""
+
+    # ------------------------------------------------------------------
+    # the step
+    # ------------------------------------------------------------------
+    def _loss_and_surrogate(self, model, guide, args, kwargs, update):
+        """``(loss, surrogate)`` of one gradient step; state advances only if ``update``."""
+        if self.jit_compile:
+            reason = self._jit_unsupported()
+            if reason is not None:
+                raise ValueError(estimator_error(self, "jit_compile=True is not supported: " + reason))
+            if self.max_plate_nesting == float("inf"):
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            loss, surrogate = self._compiled(self, model, guide, args, kwargs, update)
+        else:
+            loss, surrogate = self._traced_loss_and_surrogate(model, guide, args, kwargs, update)
+        if update:
+            self.num_steps += 1
+            self.surrogate.after_step()
+        return loss, surrogate
+
+    def _jit_unsupported(self):
+        """Why this estimator cannot be compiled, or ``None``."""
+        return self.surrogate.jit_unsupported()
+
+    def _traced_loss_and_surrogate(self, model, guide, args, kwargs, update):
+        step = Step(self, model, guide, args, kwargs, update)
+        particles = self._draw(step, for_gradient=True)
+        loss, surrogate = self.surrogate.loss_and_surrogate(particles, step)
+        self.num_evaluations = step.evaluations
+        loss = detach_provenance(loss)
+        if torch.is_tensor(loss):
+            loss = loss.detach()
+        if torch.is_tensor(surrogate):
+            surrogate = detach_provenance(surrogate)
+        return loss, surrogate
+
+    # ------------------------------------------------------------------
+    # Pyro's ELBO interface
+    # ------------------------------------------------------------------
+    def loss(self, model, guide, *args, **kwargs):
+        """
+        :returns: an estimate of the negated objective (a float). Runs the model
+            once per particle and computes nothing a gradient would need;
+            changes no state.
+        """
+        with torch.no_grad():
+            step = Step(self, model, guide, args, kwargs, False)
+            particles = self._draw(step, for_gradient=False)
+            loss = torch_item(detach_provenance(self.surrogate.loss(particles)))
+            self.num_evaluations = step.evaluations
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """
+        :returns: a tensor whose value is an estimate of the negated objective
+            and whose gradient with respect to every parameter is this class's
+            estimator. With validation enabled (``pyro.enable_validation``) a
+            NaN value is warned about; without, nothing synchronizes the device.
+        """
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs, update=True)
+        if not torch.is_tensor(loss):
+            loss = torch.tensor(float(loss))
+        if torch.is_tensor(surrogate) and surrogate.requires_grad:
+            loss = loss + (surrogate - surrogate.detach())
+        if is_validation_enabled():
+            warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """
+        Computes the estimator's gradients (``.backward()`` on the surrogate)
+        and returns an estimate of the negated objective as a float.
+        """
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs, update=True)
+        if torch.is_tensor(surrogate) and surrogate.requires_grad:
+            surrogate.backward(retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def __call__(self, model, guide):
+        """
+        An :class:`~torch.nn.Module` computing :meth:`differentiable_loss`, as
+        :meth:`pyro.infer.ELBO.__call__` returns, whose parameters also include
+        the estimator's auxiliary parameters (a learned control variate).
+        """
+        return _DiscreteELBOModule(model, guide, self)
+
+    # ------------------------------------------------------------------
+    # state
+    # ------------------------------------------------------------------
+    def state_dict(self):
+        """
+        The estimator's state: step count, the surrogate's state (moving
+        averages, ...) and the weights of its auxiliary modules. Together with
+        Pyro's param store (``pyro.get_param_store().get_state()``) it resumes
+        training exactly.
+        """
+        return {
+            "num_steps": self.num_steps,
+            "surrogate": self.surrogate.state_dict(),
+            "auxiliary": {name: module.state_dict() for name, module in self.surrogate.auxiliary_modules().items()},
+        }
+
+    def load_state_dict(self, state):
+        """Restores what :meth:`state_dict` returned."""
+        self.num_steps = int(state["num_steps"])
+        self.surrogate.load_state_dict(state["surrogate"])
+        modules = self.surrogate.auxiliary_modules()
+        for name, module_state in state.get("auxiliary", {}).items():
+            modules[name].load_state_dict(module_state)
+
+
+class _LastSite(pyro.poutine.messenger.Messenger):
+    # records the name of the last sample site entered
+    name = None
+
+    def _pyro_sample(self, msg):
+        self.name = msg["name"]

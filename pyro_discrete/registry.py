@@ -1,0 +1,240 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The registry of estimators: one :class:`Estimator` entry per estimator and
+configuration, saying what it can do. The tests are parametrized over it (a
+registered estimator is enrolled in the unbiasedness, loss-method, dtype and
+device, compilation, error-message, state and benchmark checks), the
+benchmarks and the examples' ``--estimator`` options read it, and error
+messages draw their suggestions from it (:func:`~pyro_discrete.errors.suggest`).
+
+Adding an estimator is its module, one ``_register(Estimator(...))`` call in
+this module, and its docs page. :data:`REGISTRY` is read-only.
+
+Example::
+
+    from pyro_discrete.registry import REGISTRY
+    elbo = REGISTRY["loo"].make(num_particles=8)
+    [e.name for e in REGISTRY.values() if e.unbiased and "categorical" in e.site_kinds]
+"""
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Optional
+
+__all__ = ["Estimator", "REGISTRY", "names"]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """
+    A registered estimator.
+
+    :ivar str name: the registry key (also the examples' ``--estimator`` value).
+    :ivar type cls: the ELBO class.
+    :ivar dict options: constructor options that define this entry.
+    :ivar bool unbiased: its gradient is unbiased for its objective (exact
+        estimators included).
+    :ivar bool exact: it computes the objective and its gradient exactly.
+    :ivar str objective: ``"elbo"``, or ``"iwae"`` (the multi-sample bound).
+    :ivar int min_particles: the fewest particles it takes.
+    :ivar int particles: particles used by the tests and the benchmarks.
+    :ivar bool stateful: it keeps state between steps (in ``state_dict``).
+    :ivar bool compilable: ``jit_compile=True`` is supported.
+    :ivar bool guide_dependencies: it takes guide sites whose distribution
+        depends on the value of its discrete sites.
+    :ivar bool vectorized_only: ``vectorize_particles=False`` is refused.
+    :ivar evaluations: ``f(num_particles, num_categories, num_latents)``, the
+        model evaluations per step for one site of ``num_latents`` latents.
+    :ivar for_evaluations: ``f(evaluations, num_categories, num_latents)``,
+        constructor options giving about that many evaluations per step (for
+        comparisons at equal cost), or ``None`` if it has no knob.
+    :ivar str summary: one line, for tables.
+    """
+
+    name: str
+    cls: type
+    options: dict = field(default_factory=dict)
+    unbiased: bool = True
+    exact: bool = False
+    objective: str = "elbo"
+    min_particles: int = 1
+    particles: int = 1
+    stateful: bool = False
+    compilable: bool = True
+    guide_dependencies: bool = True
+    vectorized_only: bool = False
+    evaluations: Callable = None
+    for_evaluations: Optional[Callable] = None
+    summary: str = ""
+
+    @property
+    def site_kinds(self):
+        """The guide site kinds it takes (its surrogate's ``site_kinds``)."""
+        return self.make().surrogate.site_kinds
+
+    def make(self, **overrides):
+        """The ELBO, with this entry's options, ``particles`` particles, and ``overrides``."""
+        kwargs = dict(self.options)
+        if "num_particles" not in overrides and self.particles != 1:
+            kwargs["num_particles"] = self.particles
+        kwargs.update(overrides)
+        return self.cls(**kwargs)
+
+    def make_for_evaluations(self, evaluations, num_categories, num_latents, **overrides):
+        """The ELBO at about ``evaluations`` model evaluations per step (where it has a knob)."""
+        kwargs = {} if self.for_evaluations is None else self.for_evaluations(evaluations, num_categories, num_latents)
+        kwargs.update(overrides)
+        return self.make(**kwargs)
+
+
+_ENTRIES = {}
+
+#: name -> :class:`Estimator`, in registration order (read-only)
+REGISTRY = MappingProxyType(_ENTRIES)
+
+
+def _register(entry):
+    if entry.name in _ENTRIES:
+        raise ValueError("estimator {!r} is already registered".format(entry.name))
+    _ENTRIES[entry.name] = entry
+
+
+def names(predicate=None):
+    """The registered names, optionally those whose entry satisfies ``predicate``."""
+    return [name for name, entry in REGISTRY.items() if predicate is None or predicate(entry)]
+
+
+def _particles(evaluations, num_categories, num_latents):
+    return {"num_particles": max(1, int(evaluations))}
+
+
+def _particles_at_least_2(evaluations, num_categories, num_latents):
+    return {"num_particles": max(2, int(evaluations))}
+
+
+def _same(num_particles, num_categories, num_latents):
+    return num_particles
+
+
+def _arsm_evaluations(num_particles, num_categories, num_latents):
+    return num_particles * (1 + num_categories * (num_categories - 1) // 2)
+
+
+def _arsm_particles(evaluations, num_categories, num_latents):
+    per_particle = 1 + num_categories * (num_categories - 1) // 2
+    return {"num_particles": max(1, round(evaluations / per_particle))}
+
+
+def _enumeration(num_particles, num_categories, num_latents):
+    return num_particles * num_categories**num_latents
+
+
+def _register_builtins():
+    from .arsm import ARSMELBO
+    from .expect import ExpectELBO
+    from .relaxed import RelaxedConcreteELBO
+    from .score import TraceScoreELBO
+    from .vargrad import VarGradELBO
+
+    _register(
+        Estimator(
+            "score",
+            TraceScoreELBO,
+            {"baseline": None},
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="score function (REINFORCE), no baseline: Pyro's Trace_ELBO estimator",
+        )
+    )
+    _register(
+        Estimator(
+            "loo",
+            TraceScoreELBO,
+            {"baseline": "loo"},
+            min_particles=2,
+            particles=4,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="score function with the leave-one-out baseline (RLOO)",
+        )
+    )
+    _register(
+        Estimator(
+            "moving_average",
+            TraceScoreELBO,
+            {"baseline": "moving_average"},
+            particles=2,
+            stateful=True,
+            compilable=False,
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="score function with a moving-average baseline",
+        )
+    )
+    _register(
+        Estimator(
+            "vargrad",
+            VarGradELBO,
+            min_particles=2,
+            particles=4,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="the log-variance loss (VarGrad); equals leave-one-out sample for sample",
+        )
+    )
+    _register(
+        Estimator(
+            "arsm",
+            ARSMELBO,
+            {"binary": "disarm"},
+            guide_dependencies=False,
+            evaluations=_arsm_evaluations,
+            for_evaluations=_arsm_particles,
+            summary="ARSM for categorical sites, DisARM for binary ones",
+        )
+    )
+    _register(
+        Estimator(
+            "arm",
+            ARSMELBO,
+            {"binary": "arm"},
+            guide_dependencies=False,
+            evaluations=_arsm_evaluations,
+            for_evaluations=_arsm_particles,
+            summary="ARSM for categorical sites, ARM for binary ones",
+        )
+    )
+    _register(
+        Estimator(
+            "concrete",
+            RelaxedConcreteELBO,
+            {"temperature": 0.5},
+            unbiased=False,
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="Concrete / Gumbel-softmax relaxation (biased)",
+        )
+    )
+    _register(
+        Estimator(
+            "st-concrete",
+            RelaxedConcreteELBO,
+            {"temperature": 0.5, "straight_through": True},
+            unbiased=False,
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="straight-through Gumbel-softmax (biased)",
+        )
+    )
+    _register(
+        Estimator(
+            "expect",
+            ExpectELBO,
+            exact=True,
+            evaluations=_enumeration,
+            summary="exact sum over the guide's discrete support",
+        )
+    )
+
+
+_register_builtins()

@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Small helpers about sites and distributions, shared by every module.
+"""
+
+import math
+
+import pyro.distributions
+import torch
+from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
+
+__all__ = [
+    "BERNOULLI",
+    "CATEGORICAL",
+    "CONTINUOUS",
+    "ONEHOT",
+    "OTHER",
+    "innermost_distribution",
+    "is_sampled",
+    "latent_shape",
+    "sample_sites",
+    "site_kind",
+    "site_logits",
+    "total",
+]
+
+#: site kinds, as the registry names them
+BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS, OTHER = "bernoulli", "categorical", "onehot", "continuous", "other"
+
+
+def innermost_distribution(fn):
+    """The distribution under ``Independent``, ``MaskedDistribution``, ``ExpandedDistribution`` wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def sample_sites(trace):
+    """Yields ``(name, site)`` for the sample sites of a trace, subsample sites excluded."""
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not isinstance(site["fn"], _Subsample):
+            yield name, site
+
+
+def is_sampled(msg):
+    """Whether a sample message is still to be drawn: unobserved, no value yet, not a subsample site."""
+    return not msg["is_observed"] and msg["value"] is None and not isinstance(msg["fn"], _Subsample)
+
+
+def site_kind(fn):
+    """
+    ``"bernoulli"``, ``"categorical"``, ``"onehot"`` (under any wrappers, ``.to_event``
+    included), ``"continuous"`` (reparameterizable) or ``"other"``.
+    """
+    if getattr(fn, "has_rsample", False):
+        return CONTINUOUS
+    base = innermost_distribution(fn)
+    if isinstance(base, OneHotCategorical):
+        return ONEHOT
+    if isinstance(base, Categorical):
+        return CATEGORICAL
+    if isinstance(base, Bernoulli):
+        return BERNOULLI
+    return OTHER
+
+
+def latent_shape(fn):
+    """The shape of the latents that a ``.to_event`` site holds (``()`` for a plain site)."""
+    base_event = 1 if site_kind(fn) == ONEHOT else 0
+    event = tuple(fn.event_shape)
+    return event[: len(event) - base_event]
+
+
+def site_logits(fn):
+    """
+    The logits of a Bernoulli, Categorical or OneHotCategorical site expanded to
+    ``batch_shape + latent_shape`` (``+ (C,)`` for categorical kinds), with their graph.
+    """
+    kind = site_kind(fn)
+    logits = innermost_distribution(fn).logits
+    shape = fn.batch_shape + latent_shape(fn)
+    if kind != BERNOULLI:
+        shape = shape + logits.shape[-1:]
+    return logits.expand(shape)
+
+
+def total(terms):
+    """The sum of a list of tensors or numbers without a leading ``0 +`` op; ``0.`` when empty."""
+    if not terms:
+        return 0.0
+    result = terms[0]
+    for term in terms[1:]:
+        result = result + term
+    return result
+
+
+def log1mexp(x):
+    """``log(1 - exp(x))`` for ``x <= 0``, stable at both ends."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+_INDEPENDENT_TYPES = (Independent, pyro.distributions.Independent)
+_ONE_HOT_TYPES = (OneHotCategorical, pyro.distributions.OneHotCategorical)
+_CATEGORICAL_TYPES = (Categorical, pyro.distributions.Categorical)
+_BERNOULLI_TYPES = (Bernoulli, pyro.distributions.Bernoulli)
