@@ -21,9 +21,9 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import DiscreteVAE, benchmark_data, median, time_interleaved, write_table  # noqa: E402
-
 from pyro_discrete import ARSMELBO, TraceScoreELBO  # noqa: E402
+
+from bench_common import DiscreteVAE, benchmark_data, median, time_interleaved, write_table  # noqa: E402
 
 
 def main(rounds=5, steps=4, batch_size=64):
@@ -48,24 +48,32 @@ def main(rounds=5, steps=4, batch_size=64):
         evaluations = arsm.num_evaluations
         elbos["ARSMELBO"] = evaluations
         contenders["TraceScoreELBO(loo), same evaluations"] = svi_step(
-            TraceScoreELBO(num_particles=evaluations, baseline="loo", max_plate_nesting=1), "loo{}".format(latents))
+            TraceScoreELBO(num_particles=evaluations, baseline="loo", max_plate_nesting=1), "loo{}".format(latents)
+        )
         elbos["TraceScoreELBO(loo), same evaluations"] = evaluations
         contenders["TraceScoreELBO(loo), 10 particles"] = svi_step(
-            TraceScoreELBO(num_particles=10, baseline="loo", max_plate_nesting=1), "loo10_{}".format(latents))
+            TraceScoreELBO(num_particles=10, baseline="loo", max_plate_nesting=1), "loo10_{}".format(latents)
+        )
         elbos["TraceScoreELBO(loo), 10 particles"] = 10
         times = time_interleaved(contenders, warmup=2, rounds=rounds, steps_per_round=steps)
         ref = median(times["TraceScoreELBO(loo), same evaluations"])
         for name, ts in times.items():
-            rows.append({
-                "latents": "{}x10".format(latents),
-                "estimator": name,
-                "model evaluations per step": elbos[name],
-                "ms/step": median(ts),
-                "ratio to loo at same evaluations": median(ts) / ref,
-            })
+            rows.append(
+                {
+                    "latents": "{}x10".format(latents),
+                    "estimator": name,
+                    "model evaluations per step": elbos[name],
+                    "ms/step": median(ts),
+                    "ratio to loo at same evaluations": median(ts) / ref,
+                }
+            )
     columns = list(rows[0])
     csv_path, md_path = write_table(rows, "arsm_step", columns)
-    print("data: {}; batch {}; torch {} on {} threads".format(source, batch_size, torch.__version__, torch.get_num_threads()))
+    print(
+        "data: {}; batch {}; torch {} on {} threads".format(
+            source, batch_size, torch.__version__, torch.get_num_threads()
+        )
+    )
     print(open(md_path).read())
     print("wrote", csv_path, md_path)
 

@@ -36,24 +36,54 @@ from pyro_discrete import ExpectELBO, TraceScoreELBO  # noqa: E402
 from pyro_discrete.diagnostics import gradient_statistics  # noqa: E402
 
 # the tutorial's settings: score function with 1 sample, 10 samples for the baselines
-DEFAULT_PARTICLES = {"score": 1, "loo": 10, "vargrad": 10, "arsm": 1, "concrete": 1, "st-concrete": 1,
-                     "expect": 1, "trace": 1, "tracegraph": 1, "enum": 1}
+DEFAULT_PARTICLES = {
+    "score": 1,
+    "loo": 10,
+    "vargrad": 10,
+    "arsm": 1,
+    "concrete": 1,
+    "st-concrete": 1,
+    "expect": 1,
+    "trace": 1,
+    "tracegraph": 1,
+    "enum": 1,
+}
 DEFAULT = ["score", "loo", "vargrad", "arsm", "concrete", "expect", "trace", "tracegraph", "enum"]
-COLUMNS = ["estimator", "particles", "step", "epoch", "heldout_neg_elbo", "train_neg_elbo", "encoder_variance",
-           "encoder_squared_bias", "encoder_mse", "bias_z", "ms_per_step", "evaluations"]
+COLUMNS = [
+    "estimator",
+    "particles",
+    "step",
+    "epoch",
+    "heldout_neg_elbo",
+    "train_neg_elbo",
+    "encoder_variance",
+    "encoder_squared_bias",
+    "encoder_mse",
+    "bias_z",
+    "ms_per_step",
+    "evaluations",
+]
 
 
 def checkpoint(name, vae, model, guide, elbo, grad_batch, heldout, num_draws, exact):
     """One row of measurements at the current parameters (no parameter changes)."""
     reference = ExpectELBO() if exact else None
     stats = gradient_statistics(
-        elbo, model, guide, grad_batch, num_draws=num_draws, reference=reference,
-        params=list(vae.encoder.parameters()), timing_repeats=0,
+        elbo,
+        model,
+        guide,
+        grad_batch,
+        num_draws=num_draws,
+        reference=reference,
+        params=list(vae.encoder.parameters()),
+        timing_repeats=0,
     )
     if exact:
         heldout_loss = ExpectELBO().loss(vae.model, vae.guide, heldout) / len(heldout)
     else:
-        heldout_loss = TraceScoreELBO(num_particles=100, baseline=None).loss(vae.model, vae.guide, heldout) / len(heldout)
+        heldout_loss = TraceScoreELBO(num_particles=100, baseline=None).loss(vae.model, vae.guide, heldout) / len(
+            heldout
+        )
     return {
         "heldout_neg_elbo": heldout_loss,
         # per data point, like the loss
@@ -84,9 +114,14 @@ def run_estimator(name, particles, args, train_x, heldout, grad_batch, device, b
         if step in marks:
             row = checkpoint(name, vae, model, guide, elbo, grad_batch, heldout, args.draws, exact)
             steps_since = step - (rows[-1]["step"] if rows else 0)
-            row.update(estimator=name, particles=particles, step=step, epoch=step / batches_per_epoch,
-                       train_neg_elbo=sum(losses) / len(losses) if losses else math.nan,
-                       ms_per_step=1000 * busy / steps_since if steps_since else math.nan)
+            row.update(
+                estimator=name,
+                particles=particles,
+                step=step,
+                epoch=step / batches_per_epoch,
+                train_neg_elbo=sum(losses) / len(losses) if losses else math.nan,
+                ms_per_step=1000 * busy / steps_since if steps_since else math.nan,
+            )
             rows.append(row)
             busy, losses = 0.0, []
             if hasattr(bar, "set_postfix"):
@@ -118,8 +153,17 @@ def write_outputs(rows, out):
     for row in rows:
         last[row["estimator"]] = row
     md_path = os.path.join(out, "compare.md")
-    md_cols = ["estimator", "particles", "step", "heldout_neg_elbo", "train_neg_elbo", "encoder_variance",
-               "encoder_squared_bias", "ms_per_step", "evaluations"]
+    md_cols = [
+        "estimator",
+        "particles",
+        "step",
+        "heldout_neg_elbo",
+        "train_neg_elbo",
+        "encoder_variance",
+        "encoder_squared_bias",
+        "ms_per_step",
+        "evaluations",
+    ]
     with open(md_path, "w") as f:
         f.write("| " + " | ".join(md_cols) + " |\n|" + "---|" * len(md_cols) + "\n")
         for row in last.values():
@@ -173,8 +217,9 @@ def _fmt(value):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--estimators", default=",".join(DEFAULT),
-                        help="comma-separated, from: " + ", ".join(ESTIMATORS))
+    parser.add_argument(
+        "--estimators", default=",".join(DEFAULT), help="comma-separated, from: " + ", ".join(ESTIMATORS)
+    )
     parser.add_argument("--particles", default="", help="overrides, e.g. loo=4,vargrad=4")
     parser.add_argument("--latents", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: --epochs)")
@@ -219,6 +264,7 @@ def main(argv=None):
     try:
         from tqdm import tqdm as bar_factory
     except ImportError:
+
         class bar_factory:  # noqa: N801 - a stand-in for tqdm
             def __init__(self, total, desc):
                 self.desc, self.total, self.n = desc, total, 0
@@ -235,15 +281,25 @@ def main(argv=None):
     # the gradient is measured on a fixed batch, the held-out -ELBO on other test images
     grad_batch = test_x[: args.batch_size].to(device)
     heldout = test_x[args.batch_size : args.batch_size + args.heldout_size].to(device)
-    print("data: {} ({} train); latents {}x10; batch {}; {} checkpoints; {} draws each".format(
-        args.data, len(train_x), args.latents, args.batch_size, args.checkpoints + 1, args.draws))
+    print(
+        "data: {} ({} train); latents {}x10; batch {}; {} checkpoints; {} draws each".format(
+            args.data, len(train_x), args.latents, args.batch_size, args.checkpoints + 1, args.draws
+        )
+    )
     rows = []
     for name in names:
         rows.extend(run_estimator(name, particles[name], args, train_x, heldout, grad_batch, device, bar_factory))
         last = rows[-1]
-        print("{:>11}: held-out -ELBO {:.2f}  encoder variance {:.4g}  squared bias {:.3g}  {:.1f} ms/step".format(
-            name, last["heldout_neg_elbo"], last["encoder_variance"], last["encoder_squared_bias"], last["ms_per_step"]),
-            flush=True)
+        print(
+            "{:>11}: held-out -ELBO {:.2f}  encoder variance {:.4g}  squared bias {:.3g}  {:.1f} ms/step".format(
+                name,
+                last["heldout_neg_elbo"],
+                last["encoder_variance"],
+                last["encoder_squared_bias"],
+                last["ms_per_step"],
+            ),
+            flush=True,
+        )
     files = write_outputs(rows, args.out)
     print("wrote", ", ".join(files))
     return 0

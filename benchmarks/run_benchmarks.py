@@ -66,6 +66,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from pyro_discrete.registry import REGISTRY  # noqa: E402
+
 from bench_common import (  # noqa: E402
     MALLOC_TUNING,
     RESULTS,
@@ -77,33 +79,53 @@ from bench_common import (  # noqa: E402
     time_interleaved,
     write_table,
 )
-from handwritten import make_step  # noqa: E402
+from handwritten import LOSSES, make_step  # noqa: E402
 
-from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
-
-# estimator -> (make ELBO from particles, hand-written loss, uses particles, needs enumeration)
-ESTIMATORS = {
-    "TraceScoreELBO(loo)": (lambda s: TraceScoreELBO(num_particles=s, baseline="loo", max_plate_nesting=1), "loo", True, False),
-    "VarGradELBO": (lambda s: VarGradELBO(num_particles=s, max_plate_nesting=1), "vargrad", True, False),
-    "TraceScoreELBO(loo)+jit": (lambda s: TraceScoreELBO(num_particles=s, baseline="loo", max_plate_nesting=1,
-                                                          jit_compile=True, ignore_jit_warnings=True),
-                                 "loo", True, False),
-    "VarGradELBO+jit": (lambda s: VarGradELBO(num_particles=s, max_plate_nesting=1, jit_compile=True,
-                                               ignore_jit_warnings=True), "vargrad", True, False),
-    "ARSMELBO": (lambda s: ARSMELBO(max_plate_nesting=1), "arsm", False, False),
-    "RelaxedConcreteELBO": (lambda s: RelaxedConcreteELBO(num_particles=s, temperature=0.5, max_plate_nesting=1),
-                            "concrete", True, False),
-    "ExpectELBO": (lambda s: ExpectELBO(max_plate_nesting=1), "expect", False, True),
-    "pyro Trace_ELBO": (lambda s: Trace_ELBO(num_particles=s, vectorize_particles=True, max_plate_nesting=1),
-                        "score", True, False),
-    "pyro TraceEnum_ELBO": (lambda s: TraceEnum_ELBO(max_plate_nesting=1), "expect", False, True),
-    # compiled variants: not in the default grid, see --estimators jit
-    "pyro JitTrace_ELBO": (lambda s: JitTrace_ELBO(num_particles=s, vectorize_particles=True, max_plate_nesting=1,
-                                                   ignore_jit_warnings=True), "score", True, False),
+#: Pyro's own ELBOs in the grid: name -> (make ELBO from particles, hand-written loss, cost kind)
+PYRO_ELBOS = {
+    "pyro Trace_ELBO": (
+        lambda s: Trace_ELBO(num_particles=s, vectorize_particles=True, max_plate_nesting=1),
+        "score",
+        "particles",
+    ),
+    "pyro TraceEnum_ELBO": (lambda s: TraceEnum_ELBO(max_plate_nesting=1), "expect", "enumeration"),
+    "pyro JitTrace_ELBO": (
+        lambda s: JitTrace_ELBO(
+            num_particles=s, vectorize_particles=True, max_plate_nesting=1, ignore_jit_warnings=True
+        ),
+        "score",
+        "particles",
+    ),
 }
-DEFAULT_ESTIMATORS = [name for name in ESTIMATORS if "jit" not in name.lower()]
-JIT_ESTIMATORS = ["TraceScoreELBO(loo)", "TraceScoreELBO(loo)+jit", "VarGradELBO", "VarGradELBO+jit",
-                  "pyro Trace_ELBO", "pyro JitTrace_ELBO"]
+
+
+def contender(name):
+    """
+    ``(make ELBO from particles, hand-written loss name or None, cost kind)`` of a
+    grid contender: a registry name (``+jit`` for its compiled step) or one of
+    :data:`PYRO_ELBOS`. The cost kind says what the particle axis means:
+    ``"particles"`` (cost grows with them), ``"replay"`` (one particle and its
+    replays), ``"enumeration"`` (no particles; skipped where the support is huge).
+    """
+    if name in PYRO_ELBOS:
+        return PYRO_ELBOS[name]
+    base, jit = (name[: -len("+jit")], True) if name.endswith("+jit") else (name, False)
+    entry = REGISTRY[base]
+    options = {"max_plate_nesting": 1}
+    if jit:
+        options.update(jit_compile=True, ignore_jit_warnings=True)
+    kind = entry.cost
+
+    def make(s):
+        return entry.make(**options) if kind != "particles" else entry.make(num_particles=s, **options)
+
+    return make, (base if base in LOSSES else None), kind
+
+
+#: the default grid: every registered estimator and Pyro's Trace_ELBO / TraceEnum_ELBO
+DEFAULT_ESTIMATORS = list(REGISTRY) + ["pyro Trace_ELBO", "pyro TraceEnum_ELBO"]
+#: ``--estimators jit``: the compiled score family next to the plain one and Pyro's
+JIT_ESTIMATORS = ["loo", "loo+jit", "vargrad", "vargrad+jit", "pyro Trace_ELBO", "pyro JitTrace_ELBO"]
 
 
 def grid(quick=False, batches=(256, 1024)):
@@ -165,7 +187,7 @@ def memory_use(build, device, warmup=2):
 
 def builders(name, base, num_particles, batches):
     """Zero-argument functions that make the three contenders' step functions."""
-    make_elbo, hand_name, _, _ = ESTIMATORS[name]
+    make_elbo, hand_name, _ = contender(name)
 
     def model_and_guide(vae):
         if name == "pyro TraceEnum_ELBO":
@@ -199,7 +221,10 @@ def builders(name, base, num_particles, batches):
         step = make_step(hand_name, copy.deepcopy(base))
         return lambda: step(next(batches), num_particles)
 
-    return {"svi": build_svi, "torch": build_torch, "hand": build_hand}
+    build = {"svi": build_svi, "torch": build_torch}
+    if hand_name is not None:
+        build["hand"] = build_hand
+    return build
 
 
 def run_point(point, names, data, device, args, progress):
@@ -209,14 +234,16 @@ def run_point(point, names, data, device, args, progress):
     batches = itertools.cycle([b.to(device) for b in data[: B * 4].split(B)])
     rows = []
     for name in names:
-        make_elbo, hand_name, uses_particles, enumerates = ESTIMATORS[name]
-        if enumerates and K > 3:
+        make_elbo, hand_name, kind = contender(name)
+        if kind == "enumeration" and K > 3:
             continue  # 10**20 configurations
-        if not uses_particles and point["varied"] == "particles":
+        if kind != "particles" and point["varied"] == "particles":
             continue  # particles do not apply
-        if hand_name in ("loo", "vargrad") and S < 2:
-            continue  # leave-one-out needs 2 particles
-        s = S if uses_particles else 1
+        s = S if kind == "particles" else 1
+        try:
+            make_elbo(s)
+        except ValueError:
+            continue  # e.g. leave-one-out with one particle
         pyro.clear_param_store()
         build = builders(name, base, s, batches)
         per_round = max(1, args.steps // max(1, (B * s) // 640))
@@ -226,22 +253,56 @@ def run_point(point, names, data, device, args, progress):
         pyro.clear_param_store()
         mem = {k: memory_use(f, device) for k, f in build.items()}
         mb = {k: (v[0] / 2**20, v[1] / 2**20) for k, v in mem.items()}
+        nan = float("nan")
+        hand_ms = ms.get("hand", nan)
+        hand_mb = mb.get("hand", (nan, nan))
         row = {
-            "estimator": name, "varied": point["varied"], "latents": "{}x10".format(K), "batch": B,
-            "particles": s if uses_particles else "-",
-            "SVI ms": ms["svi"], "torch ms": ms["torch"], "hand ms": ms["hand"],
-            "SVI time ratio": ms["svi"] / ms["hand"], "torch time ratio": ms["torch"] / ms["hand"],
-            "SVI peak MB": mb["svi"][0], "torch peak MB": mb["torch"][0], "hand peak MB": mb["hand"][0],
-            "SVI memory ratio": mb["svi"][0] / mb["hand"][0], "torch memory ratio": mb["torch"][0] / mb["hand"][0],
-            "SVI step MB": mb["svi"][1], "torch step MB": mb["torch"][1], "hand step MB": mb["hand"][1],
-            "torch step memory ratio": mb["torch"][1] / mb["hand"][1],
+            "estimator": name,
+            "varied": point["varied"],
+            "latents": "{}x10".format(K),
+            "batch": B,
+            "particles": s if kind == "particles" else "-",
+            "SVI ms": ms["svi"],
+            "torch ms": ms["torch"],
+            "hand ms": hand_ms,
+            "SVI time ratio": ms["svi"] / hand_ms,
+            "torch time ratio": ms["torch"] / hand_ms,
+            "SVI peak MB": mb["svi"][0],
+            "torch peak MB": mb["torch"][0],
+            "hand peak MB": hand_mb[0],
+            "SVI memory ratio": mb["svi"][0] / hand_mb[0],
+            "torch memory ratio": mb["torch"][0] / hand_mb[0],
+            "SVI step MB": mb["svi"][1],
+            "torch step MB": mb["torch"][1],
+            "hand step MB": hand_mb[1],
+            "torch step memory ratio": mb["torch"][1] / hand_mb[1],
         }
         rows.append(row)
         progress(
             "{:>20} K={:<2} B={:<4} S={:<3} ms svi {:7.2f} torch {:7.2f} hand {:7.2f} ({:.2f}x, {:.2f}x)  "
             "peak MB {:6.1f} {:6.1f} {:6.1f}  step MB {:6.1f} {:6.1f} {:6.1f}".format(
-                name, K, B, s, ms["svi"], ms["torch"], ms["hand"], row["SVI time ratio"], row["torch time ratio"],
-                *mb["svi"][:1], *mb["torch"][:1], *mb["hand"][:1], mb["svi"][1], mb["torch"][1], mb["hand"][1]))
+                name,
+                K,
+                B,
+                s,
+                ms["svi"],
+                ms["torch"],
+                hand_ms,
+                row["SVI time ratio"],
+                row["torch time ratio"],
+                mb["svi"][0],
+                mb["torch"][0],
+                hand_mb[0],
+                mb["svi"][1],
+                mb["torch"][1],
+                hand_mb[1],
+            )
+        )
+    # against Pyro's Trace_ELBO at the same point and particles, where it ran
+    pyro_ms = {row["particles"]: row["torch ms"] for row in rows if row["estimator"] == "pyro Trace_ELBO"}
+    for row in rows:
+        reference = pyro_ms.get(row["particles"], pyro_ms.get(1 if row["particles"] == "-" else None, float("nan")))
+        row["torch time vs Trace_ELBO"] = row["torch ms"] / reference
     return rows
 
 
@@ -252,8 +313,10 @@ def separate_model_guide(vae):
     def model(x):
         pyro.module(vae.name + ".decoder", vae.decoder)
         with pyro.plate("data", x.shape[0]):
-            zs = [pyro.sample("z{}".format(k), dist.OneHotCategorical(logits=x.new_zeros(vae.categories)))
-                  for k in range(vae.latents)]
+            zs = [
+                pyro.sample("z{}".format(k), dist.OneHotCategorical(logits=x.new_zeros(vae.categories)))
+                for k in range(vae.latents)
+            ]
             z = torch.stack(torch.broadcast_tensors(*zs), -2)
             pyro.sample("x", dist.Bernoulli(logits=vae.decode(z)).to_event(1), obs=x)
 
@@ -301,8 +364,12 @@ def write_summary(rows, name):
         if row["estimator"] not in estimators:
             estimators.append(row["estimator"])
     keys = ("torch time ratio", "SVI time ratio", "torch memory ratio", "SVI memory ratio")
-    cells = {(row["estimator"], _point_label(row)): "{:.2f} / {:.2f} · {:.2f} / {:.2f}".format(
-        *(float(row[k]) for k in keys)) for row in rows}
+    cells = {
+        (row["estimator"], _point_label(row)): "{:.2f} / {:.2f} · {:.2f} / {:.2f}".format(
+            *(float(row[k]) for k in keys)
+        )
+        for row in rows
+    }
     path = os.path.join(RESULTS, name + "_summary.md")
     with open(path, "w") as f:
         f.write("| estimator | " + " | ".join(labels) + " |\n")
@@ -314,21 +381,28 @@ def write_summary(rows, name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS),
-                        help="comma-separated, from: " + ", ".join(ESTIMATORS) + "; or 'jit' for the "
-                        "compiled score family next to the plain one and Pyro's Trace_ELBO / JitTrace_ELBO")
+    parser.add_argument(
+        "--estimators",
+        default=",".join(DEFAULT_ESTIMATORS),
+        help="comma-separated, from the registry (" + ", ".join(REGISTRY) + "; append +jit for a "
+        "compiled step) and " + ", ".join(PYRO_ELBOS) + "; or 'jit' for the compiled score family "
+        "next to the plain one and Pyro's Trace_ELBO / JitTrace_ELBO",
+    )
     parser.add_argument("--quick", action="store_true", help="the base point only")
-    parser.add_argument("--varied", default="base,particles,batch,latents",
-                        help="which rows of the grid to run (comma-separated)")
+    parser.add_argument(
+        "--varied", default="base,particles,batch,latents", help="which rows of the grid to run (comma-separated)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=5, help="steps per round at the base point")
     parser.add_argument("--out", default=None, help="table name (default grid or grid_<device>)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's default malloc tuning (see the module docstring)")
-    parser.add_argument("--summarize", action="store_true",
-                        help="only rewrite <out>_summary.md from an existing <out>.csv")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default malloc tuning (see the module docstring)"
+    )
+    parser.add_argument(
+        "--summarize", action="store_true", help="only rewrite <out>_summary.md from an existing <out>.csv"
+    )
     args = parser.parse_args(argv)
     if args.summarize:
         import csv
@@ -345,11 +419,23 @@ def main(argv=None):
     data, source = benchmark_data(1024 * 4)
     varied = set(v.strip() for v in args.varied.split(","))
     points = [p for p in grid(args.quick) if p["varied"] in varied]
-    malloc = "glibc default" if not malloc_tuned() else "glibc with " + " ".join(
-        "{}={}".format(k, v) for k, v in MALLOC_TUNING.items())
-    print("data: {}; torch {} on {} ({} threads, {}); malloc: {}; {} points".format(
-        source, torch.__version__, device, torch.get_num_threads(), platform.processor() or platform.machine(),
-        malloc, len(points)), flush=True)
+    malloc = (
+        "glibc default"
+        if not malloc_tuned()
+        else "glibc with " + " ".join("{}={}".format(k, v) for k, v in MALLOC_TUNING.items())
+    )
+    print(
+        "data: {}; torch {} on {} ({} threads, {}); malloc: {}; {} points".format(
+            source,
+            torch.__version__,
+            device,
+            torch.get_num_threads(),
+            platform.processor() or platform.machine(),
+            malloc,
+            len(points),
+        ),
+        flush=True,
+    )
     rows = []
     for point in points:
         rows += run_point(point, names, data, device, args, lambda s: print(s, flush=True))

@@ -37,6 +37,8 @@ from pyro.optim import Adam
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from pyro_discrete import TraceScoreELBO, VarGradELBO  # noqa: E402
+
 from bench_common import (  # noqa: E402
     DiscreteVAE,
     benchmark_data,
@@ -47,8 +49,6 @@ from bench_common import (  # noqa: E402
     write_table,
 )
 from handwritten import make_step  # noqa: E402
-
-from pyro_discrete import TraceScoreELBO, VarGradELBO  # noqa: E402
 
 ELBOS = {
     "loo": (lambda s: TraceScoreELBO(num_particles=s, baseline="loo", max_plate_nesting=1), "loo"),
@@ -142,9 +142,17 @@ def main():
     rows = []
     for name, ts in times.items():
         ms = statistics.median(ts)
-        rows.append({"step": name, "ms/step": ms, "ratio to hand-written": ms / hand,
-                     "elbo": args.elbo, "batch": args.batch, "particles": args.particles,
-                     "malloc": malloc_label()})
+        rows.append(
+            {
+                "step": name,
+                "ms/step": ms,
+                "ratio to hand-written": ms / hand,
+                "elbo": args.elbo,
+                "batch": args.batch,
+                "particles": args.particles,
+                "malloc": malloc_label(),
+            }
+        )
         print("{:<36} {:8.2f} ms  {:.3f}".format(name, ms, ms / hand), flush=True)
     name = "svi_overhead_b{}{}".format(args.batch, "" if malloc_tuned() else "_default_malloc")
     print("wrote", *write_table(rows, name, list(rows[0])))

@@ -32,6 +32,8 @@ from pyro import poutine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from pyro_discrete import TraceScoreELBO  # noqa: E402
+
 from bench_common import (  # noqa: E402
     DiscreteVAE,
     benchmark_data,
@@ -41,8 +43,6 @@ from bench_common import (  # noqa: E402
     write_table,
 )
 from handwritten import _sample_onehot, score_loss  # noqa: E402
-
-from pyro_discrete import TraceScoreELBO  # noqa: E402
 
 
 def main():
@@ -87,8 +87,15 @@ def main():
         times = time_interleaved(steps, warmup=10, rounds=args.rounds, steps_per_round=10)
     rows = []
     for name, ts in times.items():
-        rows.append({"forward pass": name, "ms": statistics.median(ts), "batch": args.batch, "particles": S,
-                     "malloc": malloc_label()})
+        rows.append(
+            {
+                "forward pass": name,
+                "ms": statistics.median(ts),
+                "batch": args.batch,
+                "particles": S,
+                "malloc": malloc_label(),
+            }
+        )
         print("{:<42} {:7.3f} ms".format(name, rows[-1]["ms"]), flush=True)
     print("wrote", *write_table(rows, "tracing_floor_b{}".format(args.batch), list(rows[0])))
 

@@ -65,7 +65,9 @@ def make_data(copies=200, seed=0):
 
 
 def mlp(d_in, d_out, hidden=256):
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out)
+    )
 
 
 class ConcreteVAE(nn.Module):
@@ -198,12 +200,18 @@ def main(argv=None):
     cvae, gvae = ConcreteVAE(), GaussianVAE()
     relaxed = RelaxedConcreteELBO(temperature=args.temperature, prior_temperature=args.prior_temperature)
     c_losses = train(cvae.model, cvae.guide, relaxed, data, args.steps, args.batch_size, args.lr, "Concrete VAE")
-    g_losses = train(gvae.model, gvae.guide, Trace_ELBO(), data, args.steps, args.batch_size, args.lr, "Gaussian VAE")
+    train(gvae.model, gvae.guide, Trace_ELBO(), data, args.steps, args.batch_size, args.lr, "Gaussian VAE")
     exact = ExpectELBO().loss(cvae.model, cvae.guide, images) / 9
     with torch.no_grad():
         codes = cvae.encoder(images).reshape(9, 2, 3).argmax(-1).tolist()
-    gauss = sum(Trace_ELBO(num_particles=100, vectorize_particles=True).loss(gvae.model, gvae.guide, images)
-                for _ in range(5)) / 5 / 9
+    gauss = (
+        sum(
+            Trace_ELBO(num_particles=100, vectorize_particles=True).loss(gvae.model, gvae.guide, images)
+            for _ in range(5)
+        )
+        / 5
+        / 9
+    )
     metrics = {
         "concrete_relaxed_loss_last100": sum(c_losses[-100:]) / 100,
         "concrete_exact_neg_elbo": exact,
@@ -212,8 +220,11 @@ def main(argv=None):
         "distinct_codes": len({tuple(c) for c in codes}),
         "args": vars(args),
     }
-    print("Concrete VAE: relaxed -ELBO {:.3f} (training objective), exact -ELBO {:.3f}; Gaussian VAE -ELBO {:.3f}".format(
-        metrics["concrete_relaxed_loss_last100"], exact, gauss))
+    print(
+        "Concrete VAE: relaxed -ELBO {:.3f} (training objective), exact -ELBO {:.3f}; Gaussian VAE -ELBO {:.3f}".format(
+            metrics["concrete_relaxed_loss_last100"], exact, gauss
+        )
+    )
     print("codes (mode of q) per image:", metrics["codes"], "->", metrics["distinct_codes"], "distinct of 9")
     try:
         files = save_plots(args.out, images, cvae, gvae)

@@ -104,17 +104,28 @@ def load_mnist(data_dir, binarize=True):
     if not binarize:
         return torch.from_numpy(train / np.float32(255)), torch.from_numpy(test / np.float32(255)), (28, 28)
     # dynamic binarization is common; a fixed threshold keeps runs comparable
-    return torch.from_numpy((train > 127).astype(np.float32)), torch.from_numpy((test > 127).astype(np.float32)), (28, 28)
+    return (
+        torch.from_numpy((train > 127).astype(np.float32)),
+        torch.from_numpy((test > 127).astype(np.float32)),
+        (28, 28),
+    )
 
 
 def load_binarized_mnist(data_dir):
     """The fixed binarization of Larochelle & Murray (.npz with train/valid/test, or .amat files)."""
-    npz = [os.path.join(data_dir, f) for f in ("binarized_mnist.npz", os.path.join("binarized_mnist", "binarized_mnist.npz"))]
+    npz = [
+        os.path.join(data_dir, f)
+        for f in ("binarized_mnist.npz", os.path.join("binarized_mnist", "binarized_mnist.npz"))
+    ]
     npz = [p for p in npz if os.path.exists(p)]
     try:
         if npz:
             with np.load(npz[0]) as d:
-                return torch.from_numpy(d["train"].astype(np.float32)), torch.from_numpy(d["test"].astype(np.float32)), (28, 28)
+                return (
+                    torch.from_numpy(d["train"].astype(np.float32)),
+                    torch.from_numpy(d["test"].astype(np.float32)),
+                    (28, 28),
+                )
         amat = [os.path.join(data_dir, "binarized_mnist_{}.amat".format(s)) for s in ("train", "test")]
         if all(os.path.exists(p) for p in amat):
             train, test = (np.loadtxt(p, dtype=np.float32) for p in amat)
@@ -130,7 +141,9 @@ def load_data(name, data_dir, binarize=True):
     if name == "digits":
         return load_digits()
     if data_dir is None or not os.path.isdir(data_dir):
-        raise DataError("--data {} needs --data-dir pointing to an existing directory (got {!r})".format(name, data_dir))
+        raise DataError(
+            "--data {} needs --data-dir pointing to an existing directory (got {!r})".format(name, data_dir)
+        )
     return load_mnist(data_dir, binarize) if name == "mnist" else load_binarized_mnist(data_dir)
 
 
@@ -297,9 +310,13 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--data", choices=["digits", "mnist", "binarized-mnist"], default="digits")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--binarize", choices=["threshold", "none"], default="threshold",
-                        help="--data mnist: threshold pixels at 127, or keep grey levels as cross-entropy targets "
-                        "(the Storchastic tutorial's choice)")
+    parser.add_argument(
+        "--binarize",
+        choices=["threshold", "none"],
+        default="threshold",
+        help="--data mnist: threshold pixels at 127, or keep grey levels as cross-entropy targets "
+        "(the Storchastic tutorial's choice)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/discrete_vae")
     parser.add_argument("--seed", type=int, default=0)
@@ -316,6 +333,7 @@ def main(argv=None):
     try:
         from tqdm import tqdm
     except ImportError:  # progress bar is optional
+
         def tqdm(iterable, **kwargs):
             return iterable
 
@@ -335,8 +353,11 @@ def main(argv=None):
     else:
         test_elbo, test_model, test_guide = TraceScoreELBO(num_particles=100, baseline=None), vae.model, vae.guide
 
-    print("data: {} ({} train, {} test, {} pixels); estimator: {}; particles: {}; latents: {}x10".format(
-        args.data, len(train_x), len(test_x), train_x.shape[1], args.estimator, args.particles, args.latents))
+    print(
+        "data: {} ({} train, {} test, {} pixels); estimator: {}; particles: {}; latents: {}x10".format(
+            args.data, len(train_x), len(test_x), train_x.shape[1], args.estimator, args.particles, args.latents
+        )
+    )
     history = []
     start = time.time()
     for epoch in range(1, args.epochs + 1):
@@ -352,13 +373,15 @@ def main(argv=None):
             total += loss * len(batch)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss="{:.2f}".format(loss))
-        test_loss = sum(
-            test_elbo.loss(test_model, test_guide, b.to(device)) for b in test_x.split(500)
-        ) / len(test_x)
-        history.append({"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss,
-                        "seconds": time.time() - start})
-        print("epoch {:3d}  train -ELBO {:8.3f}  test -ELBO {:8.3f}  ({:.0f}s)".format(
-            epoch, history[-1]["train_loss"], test_loss, history[-1]["seconds"]))
+        test_loss = sum(test_elbo.loss(test_model, test_guide, b.to(device)) for b in test_x.split(500)) / len(test_x)
+        history.append(
+            {"epoch": epoch, "train_loss": total / seen, "test_loss": test_loss, "seconds": time.time() - start}
+        )
+        print(
+            "epoch {:3d}  train -ELBO {:8.3f}  test -ELBO {:8.3f}  ({:.0f}s)".format(
+                epoch, history[-1]["train_loss"], test_loss, history[-1]["seconds"]
+            )
+        )
 
     files = save_plots(args.out, history, vae, test_x, shape, device)
     metrics = {"args": vars(args), "history": history, "final_test_loss": history[-1]["test_loss"]}

@@ -41,8 +41,13 @@ D = A + B
 MU = B + C0
 
 # the Storchastic tutorial's printed variances, for comparison
-TUTORIAL = {"reparameterization, 1": 16.73, "reparameterization, 10": 1.639, "score function, 1": 748.2,
-            "score function, 45": 17.06, "leave-one-out, 20": 16.88}
+TUTORIAL = {
+    "reparameterization, 1": 16.73,
+    "reparameterization, 10": 1.639,
+    "score function, 1": 748.2,
+    "score function, 45": 17.06,
+    "leave-one-out, 20": 16.88,
+}
 
 
 def make(reparameterized):
@@ -97,12 +102,17 @@ def main(argv=None):
         pyro.clear_param_store()
         model, guide = make(reparameterized)
         # 10 draws per pass: 1000 batch means for 10000 draws, variance to about 5%
-        stats = gradient_statistics(elbo, model, guide, num_draws=args.draws, draws_per_batch=10, params=["c"],
-                                    timing_repeats=0)
+        stats = gradient_statistics(
+            elbo, model, guide, num_draws=args.draws, draws_per_batch=10, params=["c"], timing_repeats=0
+        )
         closed = closed_form_variance(name, n) if name != "leave-one-out" else math.nan
         line = "| {} | {} | {:.3f} ± {:.3f} | {:.3f} | {} | {} |".format(
-            name, n, stats.mean["c"].item(), math.sqrt(stats.variance["c"].item() / stats.num_draws),
-            stats.variance["c"].item(), "–" if math.isnan(closed) else "{:.3f}".format(closed),
+            name,
+            n,
+            stats.mean["c"].item(),
+            math.sqrt(stats.variance["c"].item() / stats.num_draws),
+            stats.variance["c"].item(),
+            "–" if math.isnan(closed) else "{:.3f}".format(closed),
             TUTORIAL["{}, {}".format(name, n)],
         )
         lines.append(line)

@@ -93,15 +93,26 @@ def run(num_draws, grid, progress=print):
         for n in counts:
             for name, elbo in estimators(n, arsm_cost):
                 pyro.clear_param_store()
-                stats = gradient_statistics(elbo, model, guide, num_draws=num_draws, reference="exact", timing_repeats=0)
-                rows.append({
-                    "toy": toy, "estimator": name, "evaluations": n,
-                    "variance": stats.total_variance, "squared_bias": stats.total_squared_bias,
-                    "mse": stats.total_mse, "bias_z": stats.bias_z,
-                    "exact_gradient_norm": sum(g.pow(2).sum() for g in stats.reference.values()).sqrt().item(),
-                })
-                progress("{:>14} {:>17} {:5d} evals: variance {:.3g}  squared bias {:.3g}".format(
-                    toy, name, n, stats.total_variance, stats.total_squared_bias))
+                stats = gradient_statistics(
+                    elbo, model, guide, num_draws=num_draws, reference="exact", timing_repeats=0
+                )
+                rows.append(
+                    {
+                        "toy": toy,
+                        "estimator": name,
+                        "evaluations": n,
+                        "variance": stats.total_variance,
+                        "squared_bias": stats.total_squared_bias,
+                        "mse": stats.total_mse,
+                        "bias_z": stats.bias_z,
+                        "exact_gradient_norm": sum(g.pow(2).sum() for g in stats.reference.values()).sqrt().item(),
+                    }
+                )
+                progress(
+                    "{:>14} {:>17} {:5d} evals: variance {:.3g}  squared bias {:.3g}".format(
+                        toy, name, n, stats.total_variance, stats.total_squared_bias
+                    )
+                )
     return rows
 
 
@@ -115,8 +126,10 @@ def write(rows, out):
     with open(os.path.join(out, "toys.md"), "w") as f:
         f.write("| " + " | ".join(cols[:7]) + " |\n|" + "---|" * 7 + "\n")
         for r in rows:
-            f.write("| {toy} | {estimator} | {evaluations} | {variance:.3g} | {squared_bias:.3g} | {mse:.3g} | "
-                    "{bias_z:.1f} |\n".format(**r))
+            f.write(
+                "| {toy} | {estimator} | {evaluations} | {variance:.3g} | {squared_bias:.3g} | {mse:.3g} | "
+                "{bias_z:.1f} |\n".format(**r)
+            )
     files = [os.path.join(out, "toys.csv"), os.path.join(out, "toys.md")]
     try:
         import matplotlib

@@ -13,6 +13,9 @@ data plate has one entry per data point), so it never mixes data points.
 * :class:`MovingAverageBaseline` -- an exponential moving average of past
   costs, one number per site, used *before* it is updated with the current
   step's costs so that it is independent of the current samples.
+* :class:`NeuralBaseline` -- an input-dependent baseline [2], a network of
+  the guide's distribution parameters (or of any input), learned by minimizing
+  the squared centered cost (see :mod:`~pyro_discrete.auxiliary`).
 * :class:`NoBaseline`.
 
 A baseline is called with a :class:`~pyro_discrete.elbo.ScoreSite` (the site,
@@ -29,13 +32,16 @@ its particles' costs and the dim that holds them).
 
 import torch
 
+from .auxiliary import Auxiliary
 from .costs import site_scale
+from .util import BERNOULLI, CATEGORICAL, ONEHOT, innermost_distribution, site_kind, site_logits
 
 __all__ = [
     "BASELINE_NAMES",
     "Baseline",
     "LeaveOneOutBaseline",
     "MovingAverageBaseline",
+    "NeuralBaseline",
     "NoBaseline",
     "make_baseline",
 ]
@@ -54,7 +60,14 @@ class Baseline:
     #: whether the baseline keeps state between steps
     stateful = False
 
+    #: the :class:`~pyro_discrete.auxiliary.Auxiliary` parameters it learns, if any
+    auxiliary = None
+
     def __call__(self, score_site):
+        raise NotImplementedError
+
+    def objective(self, score_site, value):
+        """The objective of its auxiliary parameters, given the value it returned (learned baselines only)."""
         raise NotImplementedError
 
     def update(self, score_site):
@@ -150,6 +163,60 @@ class MovingAverageBaseline(Baseline):
 
     def __repr__(self):
         return "MovingAverageBaseline(decay={})".format(self.decay)
+
+
+class NeuralBaseline(Baseline):
+    r"""
+    An input-dependent baseline [2]: :math:`b = h_\psi(u)` per element of the
+    site's plates (and per particle), where :math:`u` is an input that does
+    not depend on the sample -- by default the site's distribution parameters
+    (its logits, or probabilities, detached and flattened over the event), a
+    function of the data through the guide -- and :math:`h_\psi` a network
+    that maps the input's last dim to one number. :math:`\psi` is learned by
+    minimizing :math:`\sum (c - b)^2` over plate elements and particles,
+    through :class:`~pyro.infer.SVI` or a torch optimizer alike (see
+    :mod:`~pyro_discrete.auxiliary`); the estimator stays unbiased while it
+    learns, since :math:`b` never depends on the sample it multiplies.
+
+    :param torch.nn.Module module: :math:`h_\psi`, from ``(..., d)`` to ``(..., 1)``.
+    :param input: ``None`` (the logits of a Bernoulli or categorical site,
+        flattened over its latents), or a callable of the guide site returning
+        a tensor shaped ``site batch shape + (d,)``.
+    :param str name: the prefix of its parameters in Pyro's param store.
+    """
+
+    stateful = True
+
+    def __init__(self, module, input=None, name="neural_baseline"):
+        self.input = input
+        self.auxiliary = Auxiliary(name, module)
+
+    def _input(self, site):
+        if self.input is not None:
+            return self.input(site)
+        fn = site["fn"]
+        if site_kind(fn) not in (BERNOULLI, CATEGORICAL, ONEHOT):
+            raise ValueError(
+                "NeuralBaseline: guide site '{}' ({}) has no logits to use as the baseline's input; pass "
+                "input=callable(site)".format(site["name"], type(innermost_distribution(fn)).__name__)
+            )
+        return site_logits(fn).detach().reshape(fn.batch_shape + (-1,))
+
+    def __call__(self, score_site):
+        module = self.auxiliary.register()
+        value = module(self._input(score_site.site)).squeeze(-1)
+        if score_site.particle_dim is not None and value.dim() < score_site.cost.dim():
+            value = value.unsqueeze(score_site.particle_dim)  # looped particles: one value for all
+        return value
+
+    def objective(self, score_site, value):
+        return (score_site.cost - value).pow(2).sum()
+
+    def state_dict(self):
+        return {}
+
+    def __repr__(self):
+        return "NeuralBaseline({})".format(self.auxiliary.name)
 
 
 #: Names accepted by :func:`make_baseline`.

@@ -10,7 +10,7 @@ import torch
 from .elbo import DiscreteELBO, Surrogate
 from .errors import estimator_error, suggest
 from .samplers import Sampler
-from .util import OTHER, innermost_distribution, sample_sites, total
+from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, OTHER, innermost_distribution, sample_sites, total
 
 __all__ = ["EnumerateSampler", "ExpectELBO", "Expectation", "joint_support"]
 
@@ -183,8 +183,10 @@ class Expectation(Surrogate):
 
     honored_infer_keys = ("enumerate",)
 
+    site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
+
     def check_site(self, elbo, name, site):
-        pass  # the sampler enumerates or refuses every site
+        pass  # the sampler enumerates (any discrete site with a finite support) or refuses every site
 
     def loss(self, particles):
         return -total([self.expected_elbo(pair) for pair in particles]) / particles.num_particles

@@ -43,6 +43,9 @@ class Estimator:
     :ivar bool guide_dependencies: it takes guide sites whose distribution
         depends on the value of its discrete sites.
     :ivar bool vectorized_only: ``vectorize_particles=False`` is refused.
+    :ivar str cost: what its cost grows with: ``"particles"``, ``"replay"``
+        (each particle's model evaluations at other values of its sites) or
+        ``"enumeration"`` (the support).
     :ivar evaluations: ``f(num_particles, num_categories, num_latents)``, the
         model evaluations per step for one site of ``num_latents`` latents.
     :ivar for_evaluations: ``f(evaluations, num_categories, num_latents)``,
@@ -63,6 +66,7 @@ class Estimator:
     compilable: bool = True
     guide_dependencies: bool = True
     vectorized_only: bool = False
+    cost: str = "particles"
     evaluations: Callable = None
     for_evaluations: Optional[Callable] = None
     summary: str = ""
@@ -188,6 +192,7 @@ def _register_builtins():
             ARSMELBO,
             {"binary": "disarm"},
             guide_dependencies=False,
+            cost="replay",
             evaluations=_arsm_evaluations,
             for_evaluations=_arsm_particles,
             summary="ARSM for categorical sites, DisARM for binary ones",
@@ -199,6 +204,7 @@ def _register_builtins():
             ARSMELBO,
             {"binary": "arm"},
             guide_dependencies=False,
+            cost="replay",
             evaluations=_arsm_evaluations,
             for_evaluations=_arsm_particles,
             summary="ARSM for categorical sites, ARM for binary ones",
@@ -231,6 +237,7 @@ def _register_builtins():
             "expect",
             ExpectELBO,
             exact=True,
+            cost="enumeration",
             evaluations=_enumeration,
             summary="exact sum over the guide's discrete support",
         )

@@ -63,6 +63,7 @@ class ScoreFunction(Surrogate):
     def __call__(self, particles, step):
         _, surrogate_elbo = particles.pathwise_terms()
         surrogate = -surrogate_elbo
+        objectives = {}
         for score_site in particles.score_sites():
             baseline = self.baseline_for(score_site.name, score_site.site)
             if step.elbo.jit_compile and baseline.stateful:
@@ -74,11 +75,24 @@ class ScoreFunction(Surrogate):
                         "jit_compile=False.".format(score_site.name, baseline),
                     )
                 )
-            centered = score_site.cost - baseline(score_site)
+            value = baseline(score_site)
+            if baseline.auxiliary is not None:
+                objective = baseline.objective(score_site, value)
+                previous = objectives.get(baseline.auxiliary)
+                objectives[baseline.auxiliary] = objective if previous is None else previous + objective
+                value = value.detach()
+            centered = score_site.cost - value
             surrogate = surrogate + (score_site.score * centered).sum()
             if step.update:
                 baseline.update(score_site)
-        return surrogate / particles.num_particles
+        surrogate = surrogate / particles.num_particles
+        for auxiliary, objective in objectives.items():
+            surrogate = surrogate + auxiliary.term(objective / particles.num_particles)
+        return surrogate
+
+    def auxiliary_modules(self):
+        baselines = [self.baseline] + list(self.site_baselines.values())
+        return {b.auxiliary.name: b.auxiliary.module for b in baselines if b.auxiliary is not None}
 
     def state_dict(self):
         state = {"baseline": self.baseline.state_dict()}

@@ -17,11 +17,12 @@ import torch
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
+from pyro_discrete import ExpectELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
+from pyro_discrete.registry import REGISTRY  # noqa: E402
+
 from bench_common import DiscreteVAE, synthetic_binary_images  # noqa: E402
 from handwritten import LOSSES  # noqa: E402
-from run_benchmarks import builders, memory_use  # noqa: E402
-
-from pyro_discrete import ExpectELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
+from run_benchmarks import PYRO_ELBOS, builders, contender, memory_use  # noqa: E402
 
 PYRO_ESTIMATORS = {
     "loo": lambda: TraceScoreELBO(num_particles=5, baseline="loo", max_plate_nesting=1),
@@ -65,17 +66,24 @@ def test_handwritten_check_can_fail():
     assert not all(torch.allclose(p, h, rtol=1e-9, atol=1e-9) for p, h in zip(pyro_grads, hand_grads))
 
 
-@pytest.mark.parametrize("name", ["TraceScoreELBO(loo)", "ARSMELBO", "RelaxedConcreteELBO", "pyro TraceEnum_ELBO"])
-def test_benchmark_contenders_run(name):
+@pytest.mark.registry_check
+@pytest.mark.parametrize("estimator", list(REGISTRY) + list(PYRO_ELBOS))
+def test_benchmark_contenders_run(estimator):
+    # every registered estimator is in the benchmark grid: its SVI and torch steps (and its
+    # hand-written step, where one exists) run, and their memory is accounted
     torch.set_default_dtype(torch.float32)
     with pyro.validation_enabled(False):
         base = DiscreteVAE(latents=2)
         batches = itertools.cycle(synthetic_binary_images(8).split(4))
-        build = builders(name, base, 2, batches)
+        _, hand, kind = contender(estimator)
+        build = builders(estimator, base, 2 if kind == "particles" else 1, batches)
+        assert set(build) == ({"svi", "torch", "hand"} if hand else {"svi", "torch"})
         for key, make in build.items():
+            pyro.clear_param_store()  # as the grid does between contenders
             step = make()
             loss = step()
             assert loss == loss  # not NaN
+            pyro.clear_param_store()
             peak, step_bytes = memory_use(make, torch.device("cpu"), warmup=1)
             # at least the parameters and their gradients are held
             num_bytes = 4 * sum(p.numel() for p in base.parameters())

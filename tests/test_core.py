@@ -9,10 +9,12 @@ import torch
 from pyro import poutine
 
 from pyro_discrete import TraceScoreELBO
-from common import first_traces
-from pyro_discrete.samplers import IIDSampler as CategoricalSampler, sample_categorical
 from pyro_discrete.costs import site_costs
+from pyro_discrete.samplers import IIDSampler as CategoricalSampler
+from pyro_discrete.samplers import sample_categorical
 from pyro_discrete.traces import fused_log_prob, get_importance_traces, score_function_sites
+
+from common import first_traces
 
 
 @pytest.mark.parametrize("param", ["logits", "probs"])
@@ -196,8 +198,7 @@ def test_autoguides_for_continuous_latents(autoguide):
     guide()
     params = dict(pyro.get_param_store().named_parameters())
     results = []
-    for elbo in (TraceScoreELBO(num_particles=1, baseline=None, max_plate_nesting=1),
-                 Trace_ELBO(max_plate_nesting=1)):
+    for elbo in (TraceScoreELBO(num_particles=1, baseline=None, max_plate_nesting=1), Trace_ELBO(max_plate_nesting=1)):
         pyro.set_rng_seed(1)
         loss = elbo.differentiable_loss(model, guide)
         results.append((loss.item(), torch.autograd.grad(loss, list(params.values()))))

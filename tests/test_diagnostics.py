@@ -52,8 +52,11 @@ def bernoulli():
     return bernoulli_model, bernoulli_guide
 
 
-@pytest.mark.parametrize("make_elbo", [lambda: TraceScoreELBO(baseline=None), Trace_ELBO, TraceGraph_ELBO],
-                         ids=["TraceScoreELBO", "Trace_ELBO", "TraceGraph_ELBO"])
+@pytest.mark.parametrize(
+    "make_elbo",
+    [lambda: TraceScoreELBO(baseline=None), Trace_ELBO, TraceGraph_ELBO],
+    ids=["TraceScoreELBO", "Trace_ELBO", "TraceGraph_ELBO"],
+)
 def test_single_bernoulli_closed_form(bernoulli, make_elbo):
     model, guide = bernoulli
     mean, var = closed_form_score_function()
@@ -126,11 +129,20 @@ def test_unbiased_estimators_on_plated_models(family_name):
     init_params(family)
     for elbo in [TraceScoreELBO(num_particles=4), VarGradELBO(num_particles=4), ARSMELBO()]:
         pyro.set_rng_seed(1)
-        stats = gradient_statistics(elbo, family.model, family.guide, *family.args, num_draws=2000,
-                                    reference="exact" if family.reference == "expect" else (
-                                        TraceEnum_ELBO(max_plate_nesting=1), family.separate_model,
-                                        config_enumerate(family.separate_guide, "parallel")),
-                                    )
+        stats = gradient_statistics(
+            elbo,
+            family.model,
+            family.guide,
+            *family.args,
+            num_draws=2000,
+            reference="exact"
+            if family.reference == "expect"
+            else (
+                TraceEnum_ELBO(max_plate_nesting=1),
+                family.separate_model,
+                config_enumerate(family.separate_guide, "parallel"),
+            ),
+        )
         assert stats.bias_z < 5, (type(elbo).__name__, stats)
 
 
@@ -151,12 +163,14 @@ def test_params_selection_and_fallback():
     init_params(family)
     store = pyro.get_param_store()
     encoder_names = [n for n in store.keys() if n.startswith("encoder")]
-    by_name = gradient_statistics(TraceScoreELBO(num_particles=2), family.model, family.guide, *family.args,
-                                  num_draws=20, params=encoder_names)
+    by_name = gradient_statistics(
+        TraceScoreELBO(num_particles=2), family.model, family.guide, *family.args, num_draws=20, params=encoder_names
+    )
     assert sorted(by_name.mean) == sorted(encoder_names)
     tensors = [store.get_param(n).unconstrained() for n in encoder_names]
-    by_tensor = gradient_statistics(TraceScoreELBO(num_particles=2), family.model, family.guide, *family.args,
-                                    num_draws=20, params=tensors)
+    by_tensor = gradient_statistics(
+        TraceScoreELBO(num_particles=2), family.model, family.guide, *family.args, num_draws=20, params=tensors
+    )
     assert sorted(by_tensor.mean) == sorted(encoder_names)
 
     # a model that does not broadcast over an extra batch dim: falls back to one draw per pass, with a warning
@@ -217,8 +231,11 @@ def test_tracegraph_with_running_average_state():
     def guide(x):
         q = pyro.param("q_logits")
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.OneHotCategorical(logits=q).to_event(1),
-                        infer={"baseline": {"use_decaying_avg_baseline": True}})
+            pyro.sample(
+                "z",
+                dist.OneHotCategorical(logits=q).to_event(1),
+                infer={"baseline": {"use_decaying_avg_baseline": True}},
+            )
 
     elbo = TraceGraph_ELBO()
     elbo.loss_and_grads(family.model, guide, *family.args)  # creates the running average

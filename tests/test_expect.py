@@ -6,9 +6,10 @@ import torch
 from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
-from common import poisson_model_guide, exact_gradient, init_params, make_family
 from pyro_discrete import ExpectELBO
 from pyro_discrete.expect import joint_support
+
+from common import exact_gradient, init_params, make_family, poisson_model_guide
 from tutorial_vae import make_tutorial_vae
 
 
@@ -112,7 +113,9 @@ def test_budget_counts_all_sites():
 
     guide = model
     assert ExpectELBO(budget=30 * 30 * 30).loss(model, guide) == pytest.approx(0.0, abs=1e-10)
-    with pytest.raises(ValueError, match=r"'z2' \(30 values\) would make 27000 .*\(with 'z0': 30, 'z1': 30\).*budget=1000"):
+    with pytest.raises(
+        ValueError, match=r"'z2' \(30 values\) would make 27000 .*\(with 'z0': 30, 'z1': 30\).*budget=1000"
+    ):
         ExpectELBO(budget=1000).loss(model, guide)
 
 

@@ -9,18 +9,11 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
-from common import check_unbiased, gradient_draws, init_params, make_family, reference
-from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO
+from pyro_discrete import RelaxedConcreteELBO, TraceScoreELBO
+from pyro_discrete.registry import REGISTRY
 from pyro_discrete.relaxed import exponential_decay
 
-ESTIMATORS = {
-    "loo": lambda **kw: TraceScoreELBO(num_particles=4, baseline="loo", **kw),
-    "none": lambda **kw: TraceScoreELBO(num_particles=2, baseline=None, **kw),
-    "vargrad": lambda **kw: VarGradELBO(num_particles=4, **kw),
-    "arsm": lambda **kw: ARSMELBO(**kw),
-    "concrete": lambda **kw: RelaxedConcreteELBO(num_particles=2, temperature=0.5, **kw),
-    "expect": lambda **kw: ExpectELBO(**kw),
-}
+from common import applicable, check_unbiased, gradient_draws, init_params, make_family, reference
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +25,21 @@ def quiet_jit():
         yield
 
 
+@pytest.mark.registry_check
 @pytest.mark.parametrize("family_name", ["amortized_vae", "local_categorical_subsampled", "bernoulli_vector"])
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
-def test_compiled_step_equals_plain_step(name, family_name):
-    if name == "concrete" and family_name == "local_categorical_subsampled":
-        pytest.skip("Categorical index sites have no relaxation")
+@pytest.mark.parametrize("estimator", list(REGISTRY))
+def test_compiled_step_equals_plain_step(estimator, family_name):
+    entry = REGISTRY[estimator]
     family = make_family(family_name)
     params = init_params(family)
-    compiled = ESTIMATORS[name](jit_compile=True, max_plate_nesting=family.max_plate_nesting)
-    plain = ESTIMATORS[name](max_plate_nesting=family.max_plate_nesting)
+    compiled = entry.make(jit_compile=True, max_plate_nesting=family.max_plate_nesting)
+    if not entry.compilable:
+        with pytest.raises(ValueError, match=r"{}: jit_compile=True is not supported".format(entry.cls.__name__)):
+            compiled.differentiable_loss(family.model, family.guide, *family.args)
+        return
+    if not applicable(entry, family):
+        pytest.skip("{} does not take this family (test_registry checks the error)".format(estimator))
+    plain = entry.make(max_plate_nesting=family.max_plate_nesting)
     compiled.differentiable_loss(family.model, family.guide, *family.args)  # compiles
     results = []
     for elbo in (compiled, plain):
@@ -63,7 +62,7 @@ def test_compiled_estimator_is_unbiased(name):
     family = make_family("amortized_vae")
     init_params(family)
     ref = reference(family)
-    stats = gradient_draws(ESTIMATORS[name](jit_compile=True), family)
+    stats = gradient_draws(REGISTRY[name].make(jit_compile=True), family)
     check_unbiased(stats, ref, what="compiled " + name)
 
 
@@ -83,6 +82,7 @@ def test_new_shapes_compile_again_and_svi_trains():
     "make,match",
     [
         (lambda: TraceScoreELBO(num_particles=2, baseline="moving_average", jit_compile=True), "keeps state"),
+        (lambda: TraceScoreELBO(baseline="auto", jit_compile=True), "keeps state"),
         (lambda: RelaxedConcreteELBO(temperature=exponential_decay(), jit_compile=True), "schedule"),
         (lambda: TraceScoreELBO(num_particles=2, track_dependencies=True, jit_compile=True), "provenance"),
     ],

@@ -6,8 +6,9 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
-from common import first_traces, poisson_model_guide, exact_gradient, gradient_draws, init_params, make_family
 from pyro_discrete import RelaxedConcreteELBO, TraceScoreELBO, exponential_decay
+
+from common import exact_gradient, first_traces, gradient_draws, init_params, make_family, poisson_model_guide
 from tutorial_vae import make_tutorial_vae
 
 
@@ -98,7 +99,8 @@ def test_loss_is_the_discrete_elbo():
     relaxed = RelaxedConcreteELBO(num_particles=4, max_plate_nesting=1).loss(family.model, family.guide, *family.args)
     pyro.set_rng_seed(2)
     discrete = TraceScoreELBO(num_particles=4, baseline=None, max_plate_nesting=1).loss(
-        family.model, family.guide, *family.args)
+        family.model, family.guide, *family.args
+    )
     assert relaxed == pytest.approx(discrete, rel=1e-12)
 
 
@@ -137,7 +139,10 @@ def test_bias_table():
             for st in (False, True):
                 stats = gradient_draws(
                     RelaxedConcreteELBO(num_particles=4, temperature=temperature, straight_through=st),
-                    family, num_batches=25, draws_per_batch=40)
+                    family,
+                    num_batches=25,
+                    draws_per_batch=40,
+                )
                 mean = torch.cat([stats.mean[n].flatten() for n in exact])
                 se = torch.cat([stats.se[n].flatten() for n in exact])
                 bias = ((mean - exact_flat).norm() / exact_flat.norm()).item()
@@ -148,11 +153,23 @@ def test_bias_table():
                     e = torch.cat([exact[n].flatten() for n in names])
                     m = torch.cat([stats.mean[n].flatten() for n in names])
                     split.append(((m - e).norm() / e.norm()).item())
-                rows.append((family_name, temperature, "straight-through" if st else "relaxed", bias, noise,
-                             split[0], split[1], stats.total_variance()))
+                rows.append(
+                    (
+                        family_name,
+                        temperature,
+                        "straight-through" if st else "relaxed",
+                        bias,
+                        noise,
+                        split[0],
+                        split[1],
+                        stats.total_variance(),
+                    )
+                )
     print("\nRelaxedConcreteELBO: relative gradient bias |mean - exact| / |exact| (1000 draws, 4 particles)")
-    print("| model | temperature | variant | relative bias | its standard error | guide params | model params "
-          "| total variance |")
+    print(
+        "| model | temperature | variant | relative bias | its standard error | guide params | model params "
+        "| total variance |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.4g} |".format(*row))
@@ -176,5 +193,9 @@ def test_svi_trains_tutorial_vae():
     for i in range(80):
         svi.step(batches[i % len(batches)])
     after = discrete_loss()
-    print("\nRelaxedConcreteELBO on the tutorial VAE: discrete -ELBO per data point {:.1f} -> {:.1f}".format(before, after))
+    print(
+        "\nRelaxedConcreteELBO on the tutorial VAE: discrete -ELBO per data point {:.1f} -> {:.1f}".format(
+            before, after
+        )
+    )
     assert after < 0.8 * before
