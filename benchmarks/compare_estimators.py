@@ -34,21 +34,21 @@ from discrete_vae import ESTIMATORS, DataError, DiscreteVAE, load_data, make_elb
 
 from pyro_discrete import ExpectELBO, TraceScoreELBO  # noqa: E402
 from pyro_discrete.diagnostics import gradient_statistics  # noqa: E402
+from pyro_discrete.registry import REGISTRY  # noqa: E402
 
-# the tutorial's settings: score function with 1 sample, 10 samples for the baselines
-DEFAULT_PARTICLES = {
-    "score": 1,
-    "loo": 10,
-    "vargrad": 10,
-    "arsm": 1,
-    "concrete": 1,
-    "st-concrete": 1,
-    "expect": 1,
-    "trace": 1,
-    "tracegraph": 1,
-    "enum": 1,
-}
-DEFAULT = ["score", "loo", "vargrad", "arsm", "concrete", "expect", "trace", "tracegraph", "enum"]
+
+def default_particles(name):
+    """
+    The tutorial's settings: 10 samples for the estimators that need several
+    (leave-one-out, VarGrad, ...), one for the others (score function, relaxations,
+    ARSM, enumeration, Pyro's ELBOs).
+    """
+    entry = REGISTRY.get(name)
+    return 10 if entry is not None and entry.min_particles >= 2 else 1
+
+
+#: every registered estimator, then Pyro's
+DEFAULT = [name for name in ESTIMATORS if name != "moving_average"]
 COLUMNS = [
     "estimator",
     "particles",
@@ -245,7 +245,7 @@ def main(argv=None):
     unknown = [n for n in names if n not in ESTIMATORS]
     if unknown:
         parser.error("unknown estimator(s) {}; choose from {}".format(unknown, ESTIMATORS))
-    particles = dict(DEFAULT_PARTICLES)
+    particles = {name: default_particles(name) for name in ESTIMATORS}
     for item in filter(None, args.particles.split(",")):
         key, value = item.split("=")
         particles[key.strip()] = int(value)

@@ -27,13 +27,14 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate
+from pyro.infer import SVI, config_enumerate
 from pyro.optim import Adam
 from torch import nn
 
-from pyro_discrete import ARSMELBO, ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO, VarGradELBO
+from pyro_discrete import ExpectELBO, TraceScoreELBO, registry
 
-ESTIMATORS = ["score", "loo", "vargrad", "arsm", "concrete", "st-concrete", "expect", "trace", "tracegraph", "enum"]
+#: the registered estimators, then Pyro's own for comparison
+ESTIMATORS = list(registry.REGISTRY) + list(registry.PYRO_ELBOS)
 
 
 # ----------------------------------------------------------------------
@@ -214,27 +215,8 @@ def prepare_model(vae, name):
 
 
 def make_elbo(name, particles):
-    if name == "score":
-        return TraceScoreELBO(num_particles=particles, baseline=None)
-    if name == "loo":
-        return TraceScoreELBO(num_particles=particles, baseline="loo")
-    if name == "vargrad":
-        return VarGradELBO(num_particles=particles)
-    if name == "arsm":
-        return ARSMELBO(num_particles=1)
-    if name == "concrete":
-        return RelaxedConcreteELBO(num_particles=particles, temperature=0.5)
-    if name == "st-concrete":
-        return RelaxedConcreteELBO(num_particles=particles, temperature=0.5, straight_through=True)
-    if name == "expect":
-        return ExpectELBO()
-    if name == "trace":
-        return Trace_ELBO(num_particles=particles, vectorize_particles=True)
-    if name == "tracegraph":
-        return TraceGraph_ELBO(num_particles=particles, vectorize_particles=True)
-    if name == "enum":
-        return TraceEnum_ELBO(max_plate_nesting=1)
-    raise ValueError(name)
+    """The estimator's ELBO from the registry (or Pyro's, for comparison)."""
+    return registry.make(name, particles)
 
 
 # ----------------------------------------------------------------------
