@@ -35,7 +35,13 @@ from .compile import CompileCache
 from .costs import cost_terms, site_costs
 from .errors import estimator_error, suggest
 from .samplers import IIDSampler
-from .traces import check_infer_keys, check_model_guide, get_importance_traces, score_function_sites
+from .traces import (
+    StructureChecks,
+    check_infer_keys,
+    check_model_guide,
+    get_importance_traces,
+    score_function_sites,
+)
 from .util import (
     BERNOULLI,
     CATEGORICAL,
@@ -132,17 +138,20 @@ class Particles:
     either way.
     """
 
-    def __init__(self, pairs, num_particles, track_dependencies=False):
+    def __init__(self, pairs, num_particles, track_dependencies=False, step=None):
         self.pairs = pairs
         self.num_particles = num_particles
         self.track_dependencies = track_dependencies
+        #: the :class:`Step` they were drawn in
+        self.step = step
+        self._pathwise = None
 
     def __iter__(self):
         return iter(self.pairs)
 
     def mc_loss(self):
         """The Monte Carlo estimate of ``-ELBO``: the mean over particles of ``log q - log p``."""
-        return -total([pair.elbo() for pair in self.pairs]) / self.num_particles
+        return -self.pathwise_terms()[0] / self.num_particles
 
     def pathwise_terms(self):
         """
@@ -150,7 +159,13 @@ class Particles:
         of the surrogate that carries pathwise gradients -- every model term,
         and each guide site's ``entropy_term`` (``log q`` for reparameterized
         sites, zero for the others, whose gradient comes from their estimator).
+        Computed once.
         """
+        if self._pathwise is None:
+            self._pathwise = self._pathwise_terms()
+        return self._pathwise
+
+    def _pathwise_terms(self):
         elbos, surrogates = [], []
         for pair in self.pairs:
             model_sum = total([site["log_prob_sum"] for _, site in sample_sites(pair.model_trace)])
@@ -223,6 +238,10 @@ class Surrogate:
 
     def bind(self, elbo):
         """Checks the ELBO's options; called once, when the ELBO is built."""
+
+    def wants_provenance(self, step):
+        """Whether this step's traces should carry provenance (a check of the model's structure)."""
+        return False
 
     def check_site(self, elbo, name, site):
         """Raises an error naming the site, the estimator and what to use instead, for a site it cannot take."""
@@ -367,6 +386,7 @@ class DiscreteELBO(ELBO):
         self.num_evaluations = None
         self._compiled = CompileCache()
         self._warned_infer_keys = set()
+        self._replay_checks = StructureChecks()
         surrogate.bind(self)
 
     # ------------------------------------------------------------------
@@ -395,18 +415,24 @@ class DiscreteELBO(ELBO):
             try:
                 pairs = [self._trace(model, guide, step, sampler, self.num_particles, particle_dim)]
             except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                self._explain_broadcast_failure(e, step, sampler)
+                if not self._is_own_error(e):
+                    self._explain_broadcast_failure(e, step, sampler)
                 raise
         else:
-            pairs = [self._trace(step.model, step.guide, step, sampler, 1, None) for _ in range(self.num_particles)]
-        return Particles(pairs, self.num_particles, self.track_dependencies)
+            try:
+                pairs = [self._trace(step.model, step.guide, step, sampler, 1, None) for _ in range(self.num_particles)]
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                if getattr(sampler, "needs_plate_nesting", False) and not self._is_own_error(e):
+                    self._explain_enumeration_failure(e, step, sampler)
+                raise
+        return Particles(pairs, self.num_particles, self.track_dependencies, step)
 
     def _trace(self, model, guide, step, sampler_class, num_particles, particle_dim):
         sampler = sampler_class(self)
         sampled_guide = sampler(guide)
         model_handler = sampler.model_handler()
         run_model = model if model_handler is None else model_handler(model)
-        if self.track_dependencies:
+        if self.track_dependencies or self.surrogate.wants_provenance(step):
             with TrackNonReparam():
                 model_trace, guide_trace, raw = get_importance_traces(
                     self.max_plate_nesting, run_model, sampled_guide, step.args, step.kwargs, with_raw=True
@@ -430,17 +456,38 @@ class DiscreteELBO(ELBO):
         pair = self._trace(model, guide, step, self.sampler, 1, None)
         return pair.model_trace, pair.guide_trace
 
+    def _is_own_error(self, error):
+        # an error of this package's (an unsupported structure), or a NotImplementedError: not about shapes
+        return isinstance(error, NotImplementedError) or str(error).startswith(type(self).__name__ + ":")
+
+    def _explain_enumeration_failure(self, error, step, sampler):
+        """After a run that enumerates sites left of the plates failed: say that the model must broadcast."""
+        raise ValueError(
+            estimator_error(
+                self,
+                "enumerates the guide's discrete sites along batch dims left of the plates (from dim {}), and "
+                "the run failed{}: the model and guide must broadcast over those dims, as for Pyro's parallel "
+                "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims), "
+                "or {}. The error was: {}: {}".format(
+                    -self.max_plate_nesting - 1,
+                    self._failing_site(step, sampler, vectorized=False),
+                    suggest(exclude=self, require=lambda e: e.cost == "particles" and e.objective == "elbo"),
+                    type(error).__name__,
+                    error,
+                ),
+            )
+        ) from error
+
     def _explain_broadcast_failure(self, error, step, sampler):
         """
         After a vectorized run failed: if one particle runs, the model or guide
         does not broadcast over the particle dim; raise an error that says so.
         """
-        if isinstance(error, NotImplementedError):  # a RuntimeError, but not about shapes
-            return
         try:
             with pyro.poutine.block(), torch.no_grad():
                 single = Step(self, step.model, step.guide, step.args, step.kwargs, False)
-                self._trace(step.model, step.guide, single, sampler, 1, None)
+                # plain draws: the estimator's own sampler may need the particle dim
+                self._trace(step.model, step.guide, single, IIDSampler, 1, None)
         except Exception:  # noqa: BLE001 - the failure is not about particles: re-raise the original
             return
         raise ValueError(
@@ -451,15 +498,22 @@ class DiscreteELBO(ELBO):
                 "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
                 "x[z], networks that accept extra leading dims), or pass vectorize_particles=False to run "
                 "the particles one after another. The error was: {}: {}".format(
-                    self.num_particles, -self.max_plate_nesting, self._failing_site(step), type(error).__name__, error
+                    self.num_particles,
+                    -self.max_plate_nesting,
+                    self._failing_site(step, sampler),
+                    type(error).__name__,
+                    error,
                 ),
             )
         ) from error
 
-    def _failing_site(self, step):
-        # where the vectorized run fails: the last sample site entered before
-        model = self._vectorized_num_particles(step.model)
-        guide = self._vectorized_num_particles(step.guide)
+    def _failing_site(self, step, sampler, vectorized=True):
+        # where the run fails: the last sample site entered before
+        model, guide = step.model, step.guide
+        if vectorized:
+            model = self._vectorized_num_particles(model)
+            guide = self._vectorized_num_particles(guide)
+        guide = sampler(self)(guide)
         for where in ("guide", "model"):
             last = _LastSite()
             try:

@@ -10,6 +10,7 @@ import torch
 from .elbo import DiscreteELBO, Surrogate
 from .errors import estimator_error, suggest
 from .samplers import Sampler
+from .traces import StructureChecks, check_dims_follow_provenance
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, OTHER, innermost_distribution, sample_sites, total
 
 __all__ = ["EnumerateSampler", "ExpectELBO", "Expectation", "joint_support"]
@@ -78,6 +79,15 @@ class EnumerateSampler(Sampler):
 
     def draw(self, msg):
         fn = msg["fn"]
+        if "enumerate" in msg["infer"] and not msg["infer"]["enumerate"]:
+            raise ValueError(
+                estimator_error(
+                    self.elbo,
+                    "guide site '{}' is marked infer={{'enumerate': {!r}}} (not to be enumerated), but this "
+                    "estimator sums over every discrete guide site. Remove the mark, or {} (they sample "
+                    "it).".format(msg["name"], msg["infer"]["enumerate"], suggest(exclude=self.elbo)),
+                )
+            )
         support = joint_support(fn)
         if support is None:
             if getattr(fn, "has_rsample", False):
@@ -185,11 +195,27 @@ class Expectation(Surrogate):
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
+    def __init__(self):
+        self.checked = StructureChecks()
+
     def check_site(self, elbo, name, site):
         pass  # the sampler enumerates (any discrete site with a finite support) or refuses every site
 
+    def wants_provenance(self, step):
+        # the first step of each model and guide carries provenance, to check that they broadcast
+        return not self.checked.done(step)
+
     def loss(self, particles):
-        return -total([self.expected_elbo(pair) for pair in particles]) / particles.num_particles
+        step = particles.step
+        if step is not None and not self.checked.done(step):
+            for pair in particles:
+                dims = {name: (dim, pair.sampler.sizes[name]) for name, dim in pair.sampler.dims.items()}
+                check_dims_follow_provenance(
+                    pair.sampler.elbo, (pair.model_trace, pair.guide_trace), dims, "(enumerates)"
+                )
+            self.checked.add(step)
+        loss = -total([self.expected_elbo(pair) for pair in particles]) / particles.num_particles
+        return loss + 0.0  # no negative zero for a model without sites
 
     def loss_and_surrogate(self, particles, step):
         loss = self.loss(particles)

@@ -10,6 +10,11 @@ dim left of all the plates (and of the particles): the rows of site ``a`` hold
 rows of site ``b``, and so on. The model must broadcast over that dim, as for
 Pyro's parallel enumeration.
 
+**Models that do not broadcast.** The first replay of each model and guide
+keeps provenance through the model: a site that depends on a replayed site but
+whose log-density lacks the replay dim (the model reshaped or reduced over it)
+is an error, since its costs would be wrong without one.
+
 **Guide dependencies.** Replaying site ``a`` at another value holds every
 other guide site at its sampled value. That is only right if no other guide
 site's distribution depends on ``a``'s value: the estimators that replay assume
@@ -28,7 +33,7 @@ from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provena
 
 from .costs import broadcast_cost, cost_terms, cost_to_frames
 from .errors import estimator_error, suggest
-from .traces import get_importance_traces
+from .traces import check_dims_follow_provenance, get_importance_traces
 from .util import sample_sites
 
 __all__ = ["Replay"]
@@ -92,14 +97,21 @@ class Replay:
                 self._raise_broadcast_error(e, total_rows, names, num_dims)
             # NotImplementedError is a RuntimeError: checked outside the try
             self._check_guide_dependencies(replayed, names)
-            for name in names:
-                replayed.nodes[name]["value"] = detach_provenance(replayed.nodes[name]["value"])
+            # the first replay of a model keeps the provenance, to check that the model broadcasts
+            check = not self.elbo._replay_checks.done(self.step)
+            if not check:
+                for name in names:
+                    replayed.nodes[name]["value"] = detach_provenance(replayed.nodes[name]["value"])
             try:
                 model_trace, replayed = get_importance_traces(
                     num_dims, pair.model, None, self.step.args, self.step.kwargs, guide_trace=replayed
                 )
             except (RuntimeError, IndexError, TypeError) as e:
                 self._raise_broadcast_error(e, total_rows, names, num_dims)
+            if check:
+                dims = {name: (-num_dims - 1, total_rows) for name in names}
+                check_dims_follow_provenance(self.elbo, (model_trace,), dims, "(replays)")
+                self.elbo._replay_checks.add(self.step)
             groups = cost_terms(model_trace, replayed)
             costs = {}
             for name in names:
@@ -108,7 +120,7 @@ class Replay:
                 cost = cost_to_frames(groups, replayed.nodes[name])
                 if cost is None:
                     cost = torch.zeros(padded, dtype=alternatives[name].dtype, device=alternatives[name].device)
-                cost = broadcast_cost(cost, padded).reshape((total_rows,) + batch_shape)
+                cost = broadcast_cost(detach_provenance(cost), padded).reshape((total_rows,) + batch_shape)
                 costs[name] = cost[offsets[name] : offsets[name] + num_rows[name]]
         self.step.evaluations += total_rows * pair.num_particles
         return costs
@@ -121,8 +133,15 @@ class Replay:
                 self.elbo,
                 "replaying the model at {} alternative values of guide site(s) {} along batch dim {} "
                 "failed: the model must broadcast over batch dims left of its plates, as for Pyro's "
-                "parallel enumeration (e.g. Vindex(x)[..., z] instead of x[z]). The error was: "
-                "{}: {}".format(total_rows, ", ".join(map(repr, names)), -num_dims - 1, type(e).__name__, e),
+                "parallel enumeration (e.g. Vindex(x)[..., z] instead of x[z]), or {}. The error was: "
+                "{}: {}".format(
+                    total_rows,
+                    ", ".join(map(repr, names)),
+                    -num_dims - 1,
+                    suggest(exclude=self.elbo, require=lambda e: e.cost == "particles" and e.unbiased),
+                    type(e).__name__,
+                    e,
+                ),
             )
         ) from e
 

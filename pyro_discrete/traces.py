@@ -18,17 +18,21 @@ from pyro import poutine
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
+from pyro.ops.provenance import get_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, warn_if_nan
 from torch.distributions import Independent
 from torch.distributions.utils import _sum_rightmost
 
-from .errors import estimator_error
+from .errors import estimator_error, suggest
 from .util import _BERNOULLI_TYPES, sample_sites
 
 __all__ = [
     "ENUMERATION_KEYS",
+    "IgnoredInferOption",
+    "StructureChecks",
+    "check_dims_follow_provenance",
     "check_infer_keys",
     "check_model_guide",
     "fused_log_prob",
@@ -145,6 +149,74 @@ def check_model_guide(elbo, model_trace, guide_trace):
         )
 
 
+def check_dims_follow_provenance(elbo, traces, site_dims, what):
+    """
+    On traces that carry provenance: every site whose log-density depends on
+    one of ``site_dims``'s guide sites must vary along that site's dim, where
+    the estimator laid out its values. A model that reshapes or reduces over
+    that dim computes something else without any error (the values of the
+    site end up along a plate dim, say); this turns it into one.
+
+    :param dict site_dims: guide site name -> ``(dim, size)``; ``size`` 1 checks
+        that the dim is there.
+    :param str what: how the estimator lays the values out, for the message.
+    """
+    for trace in traces:
+        for name, site in sample_sites(trace):
+            if name in site_dims:
+                continue
+            log_prob = site["log_prob"]
+            for parent in sorted(get_provenance(log_prob) & set(site_dims)):
+                dim, size = site_dims[parent]
+                if log_prob.dim() >= -dim and (size == 1 or log_prob.shape[dim] == size):
+                    continue
+                raise ValueError(
+                    estimator_error(
+                        elbo,
+                        "site '{}' depends on guide site '{}', but its log-density (shape {}) does not vary "
+                        "along batch dim {}, where this estimator lays out {} the values of '{}': the model "
+                        "reshapes or reduces over that dim, and would compute something else without an error. "
+                        "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
+                        "x[z]), or {}.".format(
+                            name,
+                            parent,
+                            tuple(log_prob.shape),
+                            dim,
+                            what,
+                            parent,
+                            suggest(exclude=elbo, require=lambda e: e.cost == "particles" and e.unbiased),
+                        ),
+                    )
+                )
+
+
+class StructureChecks:
+    """
+    The model/guide pairs whose structure an estimator has checked (on the
+    first step of each, by provenance; see :func:`check_dims_follow_provenance`).
+    Pairs that cannot be hashed are checked at every step.
+    """
+
+    def __init__(self):
+        self.pairs = set()
+
+    def done(self, step):
+        try:
+            return (step.model, step.guide) in self.pairs
+        except TypeError:
+            return False
+
+    def add(self, step):
+        try:
+            self.pairs.add((step.model, step.guide))
+        except TypeError:
+            pass
+
+
+class IgnoredInferOption(UserWarning):
+    """A guide site's ``infer`` option that Pyro defines and this estimator does not honor."""
+
+
 def check_infer_keys(elbo, guide_trace, honored=()):
     """
     Warns, once per ELBO instance and site, about an ``infer`` option that
@@ -177,6 +249,6 @@ def check_infer_keys(elbo, guide_trace, honored=()):
                         name, key, infer[key], advice
                     ),
                 ),
-                UserWarning,
+                IgnoredInferOption,
                 stacklevel=4,
             )
