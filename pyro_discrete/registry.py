@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
 
-__all__ = ["Estimator", "REGISTRY", "names"]
+__all__ = ["Estimator", "PYRO_ELBOS", "REGISTRY", "make", "names"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,12 @@ class Estimator:
     :ivar bool guide_dependencies: it takes guide sites whose distribution
         depends on the value of its discrete sites.
     :ivar bool vectorized_only: ``vectorize_particles=False`` is refused.
+    :ivar bool single_site: it takes one discrete guide site (a ``.to_event``
+        site may hold many latents).
     :ivar str cost: what its cost grows with: ``"particles"``, ``"replay"``
-        (each particle's model evaluations at other values of its sites) or
-        ``"enumeration"`` (the support).
+        (each particle's model evaluations at other values of its sites),
+        ``"set"`` (distinct values drawn together) or ``"enumeration"`` (the
+        support).
     :ivar evaluations: ``f(num_particles, num_categories, num_latents)``, the
         model evaluations per step for one site of ``num_latents`` latents.
     :ivar for_evaluations: ``f(evaluations, num_categories, num_latents)``,
@@ -66,6 +69,7 @@ class Estimator:
     compilable: bool = True
     guide_dependencies: bool = True
     vectorized_only: bool = False
+    single_site: bool = False
     cost: str = "particles"
     evaluations: Callable = None
     for_evaluations: Optional[Callable] = None
@@ -108,6 +112,44 @@ def names(predicate=None):
     return [name for name, entry in REGISTRY.items() if predicate is None or predicate(entry)]
 
 
+def _pyro_trace(num_particles):
+    from pyro.infer import Trace_ELBO
+
+    return Trace_ELBO(num_particles=num_particles, vectorize_particles=True)
+
+
+def _pyro_tracegraph(num_particles):
+    from pyro.infer import TraceGraph_ELBO
+
+    return TraceGraph_ELBO(num_particles=num_particles, vectorize_particles=True)
+
+
+def _pyro_traceenum(num_particles):
+    from pyro.infer import TraceEnum_ELBO
+
+    return TraceEnum_ELBO(max_plate_nesting=1)
+
+
+#: Pyro's own ELBOs, for comparisons (``name -> f(num_particles)``): ``"trace"``
+#: (:class:`~pyro.infer.Trace_ELBO`), ``"tracegraph"`` (:class:`~pyro.infer.TraceGraph_ELBO`),
+#: ``"enum"`` (:class:`~pyro.infer.TraceEnum_ELBO`, for models written with one site per latent)
+PYRO_ELBOS = MappingProxyType({"trace": _pyro_trace, "tracegraph": _pyro_tracegraph, "enum": _pyro_traceenum})
+
+
+def make(name, num_particles=None, **options):
+    """
+    The ELBO of a registered estimator or of :data:`PYRO_ELBOS`, by name.
+    ``num_particles`` applies where the cost grows with particles (the others
+    keep their registered default), as the examples' ``--particles`` does.
+    """
+    if name in PYRO_ELBOS:
+        return PYRO_ELBOS[name](num_particles or 1)
+    entry = REGISTRY[name]
+    if num_particles is not None and entry.cost == "particles":
+        options["num_particles"] = num_particles
+    return entry.make(**options)
+
+
 def _particles(evaluations, num_categories, num_latents):
     return {"num_particles": max(1, int(evaluations))}
 
@@ -138,6 +180,8 @@ def _register_builtins():
     from .expect import ExpectELBO
     from .relaxed import RelaxedConcreteELBO
     from .score import TraceScoreELBO
+    from .sum_and_sample import SumAndSampleELBO
+    from .unordered_set import UnorderedSetELBO
     from .vargrad import VarGradELBO
 
     _register(
@@ -230,6 +274,35 @@ def _register_builtins():
             evaluations=_same,
             for_evaluations=_particles,
             summary="straight-through Gumbel-softmax (biased)",
+        )
+    )
+    _register(
+        Estimator(
+            "unordered",
+            UnorderedSetELBO,
+            particles=4,
+            compilable=False,
+            vectorized_only=True,
+            single_site=True,
+            cost="set",
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="the unordered set estimator: distinct samples without replacement, built-in baseline",
+        )
+    )
+    _register(
+        Estimator(
+            "sum_and_sample",
+            SumAndSampleELBO,
+            {"num_samples": 2},
+            particles=4,
+            compilable=False,
+            vectorized_only=True,
+            single_site=True,
+            cost="set",
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="sum-and-sample: the most probable values summed, the rest sampled",
         )
     )
     _register(
