@@ -50,11 +50,16 @@ class Family:
     # the kinds of its guide sites, and whether a guide site depends on a discrete one
     kinds: frozenset = frozenset()
     discrete_dependency: bool = False
+    discrete_sites: int = 1
 
 
 def applicable(entry, family):
     """Whether a registry entry takes every guide site of the family."""
-    return family.kinds <= entry.site_kinds and (entry.guide_dependencies or not family.discrete_dependency)
+    return (
+        family.kinds <= entry.site_kinds
+        and (entry.guide_dependencies or not family.discrete_dependency)
+        and (not entry.single_site or family.discrete_sites <= 1)
+    )
 
 
 def _local_categorical(subsample_size=3):
@@ -118,6 +123,7 @@ def _global_bernoulli_local_categorical():
         separate_guide=guide,
         kinds=frozenset(["bernoulli", "categorical"]),
         discrete_dependency=True,
+        discrete_sites=2,
     )
 
 
