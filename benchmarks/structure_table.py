@@ -1,0 +1,97 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The structure suite as a table: every structure of ``tests/structures.py``
+through every registered estimator, each pair classified as the suite
+classifies it (``tests/test_structures.py``):
+
+* ``works``: loss, loss_and_grads and differentiable_loss run and agree;
+* ``error``: an error that names the estimator, the site and what to use instead;
+* ``looped``: runs with ``vectorize_particles=False`` (the structure mixes
+  vectorized particles without a shape error, which no estimator can see);
+* ``FAIL``: anything else (the suite fails on it).
+
+Writes ``benchmarks/results/structures.{csv,md}``::
+
+    python benchmarks/structure_table.py
+"""
+
+import csv
+import os
+import sys
+import time
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from structures import STRUCTURES  # noqa: E402
+from test_structures import ERROR, MIXES, PASS, _outcome, predict  # noqa: E402
+
+from pyro_discrete.registry import REGISTRY  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+
+
+def classify(structure, entry):
+    predicted, _ = predict(structure, entry)
+    vectorize = predicted != MIXES
+    pyro.clear_param_store()
+    outcome, detail, _ = _outcome(structure, entry, vectorize=vectorize)
+    if predicted == MIXES:
+        return "looped" if outcome == PASS else "FAIL"
+    if outcome == ERROR:
+        clear = detail.startswith(entry.cls.__name__ + ":") and "'" in detail
+        return "error" if clear and predicted == ERROR else "FAIL"
+    return "works" if predicted == PASS else "FAIL"
+
+
+def main():
+    torch.set_default_dtype(torch.float64)
+    pyro.enable_validation(True)
+    start = time.time()
+    names = list(REGISTRY)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for structure in STRUCTURES.values():
+            row = {"structure": structure.name}
+            for name in names:
+                row[name] = classify(structure, REGISTRY[name])
+            rows.append(row)
+            print("{:<45} {}".format(structure.name, " ".join(row[n][0] for n in names)), flush=True)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "structures.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["structure"] + names)
+        writer.writeheader()
+        writer.writerows(rows)
+    symbol = {"works": "✓", "error": "E", "looped": "L", "FAIL": "**FAIL**"}
+    counts = {n: {k: sum(r[n] == k for r in rows) for k in symbol} for n in names}
+    lines = [
+        "# The structure suite: {} structures x {} estimators".format(len(rows), len(names)),
+        "",
+        "✓ works (loss methods agree) · E a clear error (names estimator, site, alternative) · "
+        "L runs with `vectorize_particles=False` only · **FAIL** neither. Written by "
+        "`python benchmarks/structure_table.py` from `tests/structures.py`.",
+        "",
+        "| estimator | works | clear error | looped only | fail |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        c = counts[n]
+        lines.append("| {} | {} | {} | {} | {} |".format(n, c["works"], c["error"], c["looped"], c["FAIL"]))
+    lines += ["", "| structure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in rows:
+        lines.append("| {} | ".format(r["structure"]) + " | ".join(symbol[r[n]] for n in names) + " |")
+    with open(os.path.join(RESULTS, "structures.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    failures = sum(c["FAIL"] for c in counts.values())
+    print(
+        "wrote benchmarks/results/structures.{{csv,md}} in {:.0f} s; {} failures".format(time.time() - start, failures)
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
