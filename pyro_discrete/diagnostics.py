@@ -55,10 +55,20 @@ from pyro.poutine.util import prune_subsample_sites
 
 from .compile import CompileCache
 from .elbo import DiscreteELBO
+from .likelihood import LogLikelihood, exact_log_likelihood, log_likelihood
 from .statistics import DRAWS_PLATE, bias_z, draw_statistics, draws_plate, squared_bias
 from .traces import IgnoredInferOption
 
-__all__ = ["GradientStatistics", "Comparison", "gradient_statistics", "compare_estimators", "DRAWS_PLATE"]
+__all__ = [
+    "DRAWS_PLATE",
+    "Comparison",
+    "GradientStatistics",
+    "LogLikelihood",
+    "compare_estimators",
+    "exact_log_likelihood",
+    "gradient_statistics",
+    "log_likelihood",
+]
 
 
 # ----------------------------------------------------------------------
