@@ -15,10 +15,14 @@ from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
+from .indecater import IndeCateRELBO
 from .relaxed import RelaxedConcreteELBO, exponential_decay
 from .samplers import Sampler
 from .score import TraceScoreELBO
+from .sum_and_sample import SumAndSampleELBO
+from .unordered_set import UnorderedSetELBO
 from .vargrad import VarGradELBO
+from .vimco import VIMCOELBO
 
 __version__ = "0.2.0"
 
@@ -26,13 +30,17 @@ __all__ = [
     "ARSMELBO",
     "DiscreteELBO",
     "ExpectELBO",
+    "IndeCateRELBO",
     "LeaveOneOutBaseline",
     "MovingAverageBaseline",
     "NoBaseline",
     "RelaxedConcreteELBO",
     "Sampler",
+    "SumAndSampleELBO",
     "Surrogate",
     "TraceScoreELBO",
+    "UnorderedSetELBO",
+    "VIMCOELBO",
     "VarGradELBO",
     "diagnostics",
     "exponential_decay",

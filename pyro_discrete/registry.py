@@ -171,6 +171,14 @@ def _arsm_particles(evaluations, num_categories, num_latents):
     return {"num_particles": max(1, round(evaluations / per_particle))}
 
 
+def _indecater_evaluations(num_particles, num_categories, num_latents):
+    return num_particles * (1 + num_latents * (num_categories - 1))
+
+
+def _indecater_particles(evaluations, num_categories, num_latents):
+    return {"num_particles": max(1, round(evaluations / (1 + num_latents * (num_categories - 1))))}
+
+
 def _enumeration(num_particles, num_categories, num_latents):
     return num_particles * num_categories**num_latents
 
@@ -178,11 +186,13 @@ def _enumeration(num_particles, num_categories, num_latents):
 def _register_builtins():
     from .arsm import ARSMELBO
     from .expect import ExpectELBO
+    from .indecater import IndeCateRELBO
     from .relaxed import RelaxedConcreteELBO
     from .score import TraceScoreELBO
     from .sum_and_sample import SumAndSampleELBO
     from .unordered_set import UnorderedSetELBO
     from .vargrad import VarGradELBO
+    from .vimco import VIMCOELBO
 
     _register(
         Estimator(
@@ -256,6 +266,17 @@ def _register_builtins():
     )
     _register(
         Estimator(
+            "indecater",
+            IndeCateRELBO,
+            guide_dependencies=False,
+            cost="replay",
+            evaluations=_indecater_evaluations,
+            for_evaluations=_indecater_particles,
+            summary="IndeCateR: every category of every latent evaluated, the others at the sample",
+        )
+    )
+    _register(
+        Estimator(
             "concrete",
             RelaxedConcreteELBO,
             {"temperature": 0.5},
@@ -303,6 +324,18 @@ def _register_builtins():
             evaluations=_same,
             for_evaluations=_particles_at_least_2,
             summary="sum-and-sample: the most probable values summed, the rest sampled",
+        )
+    )
+    _register(
+        Estimator(
+            "vimco",
+            VIMCOELBO,
+            objective="iwae",
+            min_particles=2,
+            particles=4,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="VIMCO: the K-sample importance-weighted bound, per-sample leave-one-out baselines",
         )
     )
     _register(

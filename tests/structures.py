@@ -43,6 +43,7 @@ class Structure:
     # mixes the vectorized particles without a shape error (as Trace_ELBO(vectorize_particles=True) would
     # take it): run with vectorize_particles=False only; see test_structures.py
     mixes_particles: bool = False
+    mixed_scales: bool = False  # sites with different scales (a multi-sample bound refuses them)
     enumerable: bool = True  # every term depends on enumerated sites only through plates it shares
     infer_warning: Optional[str] = None  # an infer key some estimators warn about
     expect_error: dict = field(default_factory=dict)  # estimator name -> regex of an expected clear error
@@ -331,7 +332,7 @@ def _subsample_given_indices():
     return model, guide, idx
 
 
-@structure(kinds=frozenset([BERNOULLI, CONTINUOUS]))
+@structure(kinds=frozenset([BERNOULLI, CONTINUOUS]), mixed_scales=True)
 def _subsampled_with_continuous_global():
     def model():
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
@@ -781,9 +782,12 @@ def _discrete_part():
     pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.zeros(4))).to_event(1))
 
 
-# the model adds a .to_event vector to a plate-batched value: enumeration lands its values on the wrong
-# dim (a replay of a binary site has one row, so for ARSM/DisARM the misplaced dim is harmless)
-@structure(kinds=frozenset([CONTINUOUS, BERNOULLI]), expect_error={"expect": "does not vary along batch dim"})
+# the model adds a .to_event vector to a plate-batched value: enumeration, and a replay of several rows
+# (IndeCateR's), land their values on the wrong dim (ARSM/DisARM replay a binary site in one row: harmless)
+@structure(
+    kinds=frozenset([CONTINUOUS, BERNOULLI]),
+    expect_error={"expect": "does not vary along batch dim", "indecater": "does not vary along batch dim"},
+)
 def _auto_guide_list_with_a_discrete_part():
     guide = AutoGuideList(_mixed_model)
     guide.append(AutoNormal(poutine.block(_mixed_model, hide=["z"])))
