@@ -299,6 +299,28 @@ def _register_builtins():
     )
     _register(
         Estimator(
+            "reinmax",
+            RelaxedConcreteELBO,
+            {"temperature": 1.3, "straight_through": "reinmax"},
+            unbiased=False,
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="ReinMax: second-order straight-through, exact discrete samples (biased)",
+        )
+    )
+    _register(
+        Estimator(
+            "gumbel_rao",
+            RelaxedConcreteELBO,
+            {"temperature": 0.5, "straight_through": "gumbel_rao", "num_rao_samples": 10},
+            unbiased=False,
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="Gumbel-Rao: straight-through Gumbel-softmax Rao-Blackwellized over 10 draws (biased)",
+        )
+    )
+    _register(
+        Estimator(
             "unordered",
             UnorderedSetELBO,
             particles=4,

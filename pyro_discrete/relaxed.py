@@ -15,6 +15,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from .elbo import DiscreteELBO, Surrogate
 from .errors import estimator_error, suggest
 from .samplers import IIDSampler, Sampler
+from .straight_through import StraightThroughSampler
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, innermost_distribution, latent_shape, site_kind
 
 __all__ = ["Pathwise", "RelaxedConcreteELBO", "RelaxedSampler", "exponential_decay"]
@@ -212,7 +213,15 @@ class RelaxedConcreteELBO(DiscreteELBO):
         schedule.
     :param float prior_temperature: :math:`\lambda_2` of the model's (defaults
         to the guide's), a number or a schedule.
-    :param bool straight_through: hand the model hard values.
+    :param straight_through: ``True``: hand the model the hard values (of the
+        relaxed sample), gradients through the relaxation [2];
+        ``"reinmax"``: ReinMax [3]; ``"gumbel_rao"``: Gumbel-Rao [4] with
+        ``num_rao_samples`` conditional draws. The last two hand the model the
+        exact discrete sample and score it with the discrete log-densities
+        (so the value of every loss method is the discrete ``-ELBO``), see
+        :mod:`~pyro_discrete.straight_through`; ReinMax is meant for
+        ``temperature >= 1``.
+    :param int num_rao_samples: ``K`` of Gumbel-Rao.
 
     **References**
 
@@ -221,18 +230,47 @@ class RelaxedConcreteELBO(DiscreteELBO):
 
     [2] `Categorical Reparameterization with Gumbel-Softmax`, Eric Jang,
         Shixiang Gu, Ben Poole (ICLR 2017)
+
+    [3] `Bridging Discrete and Backpropagation: Straight-Through and Beyond`,
+        Liyuan Liu, Chengyu Dong, Xiaodong Liu, Bin Yu, Jianfeng Gao (NeurIPS 2023)
+
+    [4] `Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
+        Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
     """
 
     def __init__(
-        self, num_particles=1, temperature=2.0 / 3.0, prior_temperature=None, straight_through=False, **kwargs
+        self,
+        num_particles=1,
+        temperature=2.0 / 3.0,
+        prior_temperature=None,
+        straight_through=False,
+        num_rao_samples=10,
+        **kwargs,
     ):
+        if straight_through not in (False, True, "reinmax", "gumbel_rao"):
+            raise ValueError(
+                estimator_error(
+                    self,
+                    "straight_through must be False, True, 'reinmax' or 'gumbel_rao', got {!r}".format(
+                        straight_through
+                    ),
+                )
+            )
+        if not isinstance(num_rao_samples, int) or num_rao_samples < 1:
+            raise ValueError(estimator_error(self, "num_rao_samples must be a positive integer"))
         self.temperature = temperature
         self.prior_temperature = prior_temperature
         self.straight_through = straight_through
+        self.num_rao_samples = num_rao_samples
+        if straight_through in ("reinmax", "gumbel_rao"):
+            # the exact sample, scored by its discrete log-density: loss() is drawn the same way
+            sampler, loss_sampler = StraightThroughSampler, StraightThroughSampler
+        else:
+            sampler, loss_sampler = RelaxedSampler, IIDSampler
         super().__init__(
             num_particles=num_particles,
-            sampler=RelaxedSampler,
-            loss_sampler=IIDSampler,
+            sampler=sampler,
+            loss_sampler=loss_sampler,
             surrogate=Pathwise(),
             **kwargs,
         )

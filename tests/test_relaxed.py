@@ -199,3 +199,28 @@ def test_svi_trains_tutorial_vae():
         )
     )
     assert after < 0.8 * before
+
+
+@pytest.mark.slow
+def test_reinmax_and_gumbel_rao_bias_is_measured_and_lower_than_straight_through():
+    # both are biased (the check sees it), and far less on the encoder than relaxed-density variants, since
+    # they score the discrete log-densities (benchmarks/results/relaxation_bias.md has the whole table)
+    from pyro_discrete.diagnostics import gradient_statistics
+
+    family = make_family("amortized_vae")
+    init_params(family)
+    results = {}
+    for label, elbo in [
+        ("st", RelaxedConcreteELBO(num_particles=4, temperature=0.5, straight_through=True)),
+        ("reinmax", RelaxedConcreteELBO(num_particles=4, temperature=2.0, straight_through="reinmax")),
+        ("gumbel_rao", RelaxedConcreteELBO(num_particles=4, temperature=1.0, straight_through="gumbel_rao")),
+    ]:
+        pyro.set_rng_seed(0)
+        stats = gradient_statistics(
+            elbo, family.model, family.guide, *family.args, num_draws=2000, reference="exact", timing_repeats=0
+        )
+        mean = torch.cat([m.flatten() for m in stats.mean.values()])
+        exact = torch.cat([r.flatten() for r in stats.reference.values()])
+        results[label] = ((mean - exact).norm() / exact.norm()).item(), stats.bias_z
+    assert results["reinmax"][1] > 5 and results["gumbel_rao"][1] > 5  # measurably biased
+    assert results["reinmax"][0] < results["st"][0] / 2 and results["gumbel_rao"][0] < results["st"][0] / 2
