@@ -35,11 +35,12 @@ def vectorized_frames(site):
     return frozenset((f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized)
 
 
-def cost_terms(model_trace, guide_trace, track_dependencies=False):
+def cost_terms(model_trace, guide_trace, track_dependencies=False, detach=True):
     """
-    The terms of ``log q - log p`` (detached), added up per set of vectorized
-    plates they live in (and, with ``track_dependencies``, per provenance):
-    a dict from that key to a tensor. See :func:`cost_to_frames`.
+    The terms of ``log q - log p`` (detached, unless ``detach=False``), added
+    up per set of vectorized plates they live in (and, with
+    ``track_dependencies``, per provenance): a dict from that key to a tensor.
+    See :func:`cost_to_frames`.
     """
     groups = {}
     for trace, negate in ((model_trace, True), (guide_trace, False)):
@@ -48,7 +49,8 @@ def cost_terms(model_trace, guide_trace, track_dependencies=False):
             if track_dependencies:
                 provenance = get_provenance(log_prob)
                 log_prob = detach_provenance(log_prob)
-            log_prob = log_prob.detach()
+            if detach:
+                log_prob = log_prob.detach()
             key = vectorized_frames(site)
             if track_dependencies:
                 key = (key, provenance)
