@@ -105,6 +105,42 @@ class DiscreteVAE(nn.Module):
             pyro.sample("z", dist.OneHotCategorical(logits=self.encode(x)).to_event(1))
 
 
+class BernoulliVAE(nn.Module):
+    """
+    ``latents`` Bernoulli latents, nonlinear 784-200-200 nets with LeakyReLU(0.3): the DisARM / RODEO
+    protocol's VAE (200 latents there).
+    """
+
+    def __init__(self, latents=200, hidden=200, name="bvae"):
+        super().__init__()
+        self.latents, self.name = latents, name
+        self.encoder = nn.Sequential(
+            nn.Linear(784, hidden),
+            nn.LeakyReLU(0.3),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.3),
+            nn.Linear(hidden, latents),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latents, hidden),
+            nn.LeakyReLU(0.3),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.3),
+            nn.Linear(hidden, 784),
+        )
+
+    def model(self, x):
+        pyro.module(self.name + ".decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(logits=x.new_zeros(self.latents)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module(self.name + ".encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(logits=self.encoder(x)).to_event(1))
+
+
 def time_interleaved(contenders, warmup=5, rounds=5, steps_per_round=10, sync=None):
     """
     ``contenders``: dict name -> zero-argument step function. Runs them in

@@ -71,6 +71,7 @@ from pyro_discrete.registry import REGISTRY  # noqa: E402
 from bench_common import (  # noqa: E402
     MALLOC_TUNING,
     RESULTS,
+    BernoulliVAE,
     DiscreteVAE,
     benchmark_data,
     malloc_label,
@@ -136,7 +137,16 @@ def grid(quick=False, batches=(256, 1024)):
     points += [dict(base, particles=p, varied="particles") for p in (1, 4, 16, 64)]
     points += [dict(base, batch=b, varied="batch") for b in batches]
     points += [dict(base, latents=20, varied="latents")]
+    # the DisARM / RODEO protocol: 200 Bernoulli latents, batch 100, two samples
+    points += [{"latents": 200, "batch": 100, "particles": 2, "varied": "bernoulli"}]
     return points
+
+
+def takes(name, kind):
+    """Whether a contender takes guide sites of ``kind`` (Pyro's: Trace_ELBO all, TraceEnum_ELBO small supports)."""
+    if name in PYRO_ELBOS:
+        return kind == "onehot" or "TraceEnum" not in name
+    return kind in REGISTRY[name.replace("+jit", "")].site_kinds
 
 
 def memory_use(build, device, warmup=2):
@@ -188,6 +198,8 @@ def memory_use(build, device, warmup=2):
 def builders(name, base, num_particles, batches):
     """Zero-argument functions that make the three contenders' step functions."""
     make_elbo, hand_name, _ = contender(name)
+    if isinstance(base, BernoulliVAE):
+        hand_name = None  # the hand-written steps are of the categorical VAE
 
     def model_and_guide(vae):
         if name == "pyro TraceEnum_ELBO":
@@ -230,7 +242,9 @@ def builders(name, base, num_particles, batches):
 def run_point(point, names, data, device, args, progress):
     K, B, S = point["latents"], point["batch"], point["particles"]
     torch.manual_seed(0)
-    base = DiscreteVAE(latents=K).to(device)
+    bernoulli = point["varied"] == "bernoulli"
+    base = (BernoulliVAE(latents=K) if bernoulli else DiscreteVAE(latents=K)).to(device)
+    names = [n for n in names if takes(n, "bernoulli" if bernoulli else "onehot")]
     batches = itertools.cycle([b.to(device) for b in data[: B * 4].split(B)])
     rows = []
     for name in names:
@@ -339,11 +353,13 @@ def _point_label(row):
         return "batch {}".format(row["batch"])
     if row["varied"] == "latents":
         return "{} latents".format(row["latents"])
+    if row["varied"] == "bernoulli":
+        return "200 Bernoulli, batch 100, 2 samples"
     return "base"
 
 
 def _point_order(row):
-    varied = ("base", "particles", "batch", "latents").index(row["varied"])
+    varied = ("base", "particles", "batch", "latents", "bernoulli").index(row["varied"])
     return varied, int(row["particles"]) if row["varied"] == "particles" else 0, int(row["batch"])
 
 

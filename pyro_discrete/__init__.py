@@ -17,6 +17,7 @@ from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
 from .indecater import IndeCateRELBO
 from .relaxed import RelaxedConcreteELBO, exponential_decay
+from .rodeo import RODEOELBO
 from .samplers import Sampler
 from .score import TraceScoreELBO
 from .sum_and_sample import SumAndSampleELBO
@@ -34,6 +35,7 @@ __all__ = [
     "LeaveOneOutBaseline",
     "MovingAverageBaseline",
     "NoBaseline",
+    "RODEOELBO",
     "RelaxedConcreteELBO",
     "Sampler",
     "SumAndSampleELBO",

@@ -442,6 +442,8 @@ class DiscreteELBO(ELBO):
                 self.max_plate_nesting, run_model, sampled_guide, step.args, step.kwargs, with_raw=True
             )
         sampler.after_trace(guide_trace)
+        if particle_dim is not None and not getattr(sampler, "needs_plate_nesting", False):
+            self._check_no_dims_left_of_plates(model_trace, guide_trace)
         check_model_guide(self, model_trace, guide_trace)
         for name, site in sample_sites(guide_trace):
             if not site["is_observed"]:
@@ -449,6 +451,26 @@ class DiscreteELBO(ELBO):
         check_infer_keys(self, guide_trace, self.surrogate.honored_infer_keys)
         step.evaluations += num_particles * getattr(sampler, "evaluations", 1)
         return TracePair(model_trace, guide_trace, sampler, num_particles, particle_dim, model, guide, raw)
+
+    def _check_no_dims_left_of_plates(self, model_trace, guide_trace):
+        # with vectorized particles and no enumeration, nothing may live left of the particle plate: Pyro's
+        # shape check lets such dims through (enumeration uses them), and the particles would be mixed
+        for trace in (guide_trace, model_trace):
+            for name, site in sample_sites(trace):
+                shape = site["log_prob"].shape
+                extra = shape[: max(0, len(shape) - self.max_plate_nesting)]
+                if any(size > 1 for size in extra):
+                    raise ValueError(
+                        estimator_error(
+                            self,
+                            "the model or guide does not broadcast over the vectorized particles: the log-density "
+                            "of site '{}' has shape {}, with batch dims left of the particle plate (at dim {}), "
+                            "so particles would be mixed (e.g. a .to_event vector combined with plate-batched "
+                            "values). Make it broadcast, or pass vectorize_particles=False.".format(
+                                name, tuple(shape), -self.max_plate_nesting
+                            ),
+                        )
+                    )
 
     def _get_trace(self, model, guide, args, kwargs):
         """One ``(model_trace, guide_trace)`` of the gradient's sampler, as Pyro's ELBOs return it."""
@@ -488,8 +510,10 @@ class DiscreteELBO(ELBO):
                 single = Step(self, step.model, step.guide, step.args, step.kwargs, False)
                 # plain draws: the estimator's own sampler may need the particle dim
                 self._trace(step.model, step.guide, single, IIDSampler, 1, None)
-        except Exception:  # noqa: BLE001 - the failure is not about particles: re-raise the original
-            return
+        except Exception as other:  # noqa: BLE001
+            if self._is_own_error(other):  # a structure this estimator refuses anyway: say that
+                raise other from error
+            return  # the failure is not about particles: re-raise the original
         raise ValueError(
             estimator_error(
                 self,

@@ -188,6 +188,7 @@ def _register_builtins():
     from .expect import ExpectELBO
     from .indecater import IndeCateRELBO
     from .relaxed import RelaxedConcreteELBO
+    from .rodeo import RODEOELBO
     from .score import TraceScoreELBO
     from .sum_and_sample import SumAndSampleELBO
     from .unordered_set import UnorderedSetELBO
@@ -273,6 +274,35 @@ def _register_builtins():
             evaluations=_indecater_evaluations,
             for_evaluations=_indecater_particles,
             summary="IndeCateR: every category of every latent evaluated, the others at the sample",
+        )
+    )
+    _register(
+        Estimator(
+            "rodeo",
+            RODEOELBO,
+            min_particles=2,
+            particles=2,
+            stateful=True,
+            compilable=False,
+            vectorized_only=True,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="RODEO: leave-one-out with learned discrete Stein control variates (Bernoulli sites)",
+        )
+    )
+    _register(
+        Estimator(
+            "double_cv",
+            RODEOELBO,
+            {"variant": "double_cv"},
+            min_particles=2,
+            particles=2,
+            stateful=True,
+            compilable=False,
+            vectorized_only=True,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="Double control variates: leave-one-out plus a learned linear control variate (Bernoulli)",
         )
     )
     _register(

@@ -782,10 +782,12 @@ def _discrete_part():
     pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.zeros(4))).to_event(1))
 
 
-# the model adds a .to_event vector to a plate-batched value: enumeration, and a replay of several rows
-# (IndeCateR's), land their values on the wrong dim (ARSM/DisARM replay a binary site in one row: harmless)
+# the model adds a .to_event vector to a plate-batched value: vectorized particles, enumeration and a
+# replay of several rows (IndeCateR's) land on a dim left of the plates (ARSM/DisARM replay a binary site in
+# one row: harmless)
 @structure(
     kinds=frozenset([CONTINUOUS, BERNOULLI]),
+    particles_broadcast=False,
     expect_error={"expect": "does not vary along batch dim", "indecater": "does not vary along batch dim"},
 )
 def _auto_guide_list_with_a_discrete_part():

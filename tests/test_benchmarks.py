@@ -20,9 +20,9 @@ sys.path.insert(0, BENCHMARKS)
 from pyro_discrete import ExpectELBO, TraceScoreELBO, VarGradELBO  # noqa: E402
 from pyro_discrete.registry import REGISTRY  # noqa: E402
 
-from bench_common import DiscreteVAE, synthetic_binary_images  # noqa: E402
+from bench_common import BernoulliVAE, DiscreteVAE, synthetic_binary_images  # noqa: E402
 from handwritten import LOSSES  # noqa: E402
-from run_benchmarks import PYRO_ELBOS, builders, contender, memory_use  # noqa: E402
+from run_benchmarks import PYRO_ELBOS, builders, contender, memory_use, takes  # noqa: E402
 
 PYRO_ESTIMATORS = {
     "loo": lambda: TraceScoreELBO(num_particles=5, baseline="loo", max_plate_nesting=1),
@@ -73,9 +73,11 @@ def test_benchmark_contenders_run(estimator):
     # hand-written step, where one exists) run, and their memory is accounted
     torch.set_default_dtype(torch.float32)
     with pyro.validation_enabled(False):
-        base = DiscreteVAE(latents=2)
+        categorical = takes(estimator, "onehot")
+        base = DiscreteVAE(latents=2) if categorical else BernoulliVAE(latents=8, hidden=16)
         batches = itertools.cycle(synthetic_binary_images(8).split(4))
         _, hand, kind = contender(estimator)
+        hand = hand if categorical else None
         build = builders(estimator, base, 2 if kind == "particles" else 1, batches)
         assert set(build) == ({"svi", "torch", "hand"} if hand else {"svi", "torch"})
         for key, make in build.items():
