@@ -31,6 +31,7 @@ its particles' costs and the dim that holds them).
 """
 
 import torch
+from pyro.distributions.util import detach
 
 from .auxiliary import Auxiliary
 from .costs import site_scale
@@ -43,6 +44,7 @@ __all__ = [
     "MovingAverageBaseline",
     "NeuralBaseline",
     "NoBaseline",
+    "TraceGraphBaseline",
     "make_baseline",
 ]
 
@@ -69,6 +71,10 @@ class Baseline:
     def objective(self, score_site, value):
         """The objective of its auxiliary parameters, given the value it returned (learned baselines only)."""
         raise NotImplementedError
+
+    def centering(self, score_site, value):
+        """What the cost is centered by, given the value it returned (learned baselines)."""
+        return value
 
     def update(self, score_site):
         pass
@@ -183,12 +189,20 @@ class NeuralBaseline(Baseline):
         flattened over its latents), or a callable of the guide site returning
         a tensor shaped ``site batch shape + (d,)``.
     :param str name: the prefix of its parameters in Pyro's param store.
+    :param bool loo: combine with leave-one-out (two or more particles):
+        :math:`b_s = h_s + \frac1{S-1}\sum_{s'\ne s}(c_{s'} - h_{s'})`, still
+        independent of sample :math:`s`. It helps where :math:`h` differs
+        between particles (an input that depends on a continuous site sampled
+        per particle); with the same :math:`h` for every particle it is
+        leave-one-out itself.
     """
 
     stateful = True
 
-    def __init__(self, module, input=None, name="neural_baseline"):
+    def __init__(self, module, input=None, name="neural_baseline", loo=False):
         self.input = input
+        self.loo = loo
+        self.needs_particles = loo
         self.auxiliary = Auxiliary(name, module)
 
     def _input(self, site):
@@ -209,6 +223,15 @@ class NeuralBaseline(Baseline):
             value = value.unsqueeze(score_site.particle_dim)  # looped particles: one value for all
         return value
 
+    def centering(self, score_site, value):
+        """What the cost is centered by: the network's value, or its combination with leave-one-out."""
+        if not self.loo:
+            return value
+        dim = score_site.particle_dim
+        residual = (score_site.cost - value).detach()
+        residual = residual.expand(torch.broadcast_shapes(residual.shape, score_site.cost.shape))
+        return value + (residual.sum(dim, keepdim=True) - residual) / (residual.size(dim) - 1)
+
     def objective(self, score_site, value):
         return (score_site.cost - value).pow(2).sum()
 
@@ -217,6 +240,82 @@ class NeuralBaseline(Baseline):
 
     def __repr__(self):
         return "NeuralBaseline({})".format(self.auxiliary.name)
+
+
+class TraceGraphBaseline:
+    """
+    A guide site's ``infer={"baseline": {...}}`` options of Pyro's
+    :class:`~pyro.infer.TraceGraph_ELBO`, honored by the score family, so that a
+    guide written for it ports by changing the loss alone:
+
+    * ``use_decaying_avg_baseline`` / ``baseline_beta``: a moving average of
+      the site's cost (per site, scale divided out, used before it is updated);
+    * ``nn_baseline(nn_baseline_input)``: a network's value, its input
+      detached, trained on the squared centered cost (the term is added to the
+      surrogate, as TraceGraph_ELBO does: register the network with
+      :func:`pyro.module` so that the optimizer finds it);
+    * ``baseline_value``: a value computed by the guide (detached).
+
+    The average and the network's (or given) value add up. As in Pyro, the
+    network's and the given values are in the ELBO's sign (they estimate the
+    site's share of :math:`\\log p - \\log q`, the negative of this package's
+    cost), so a guide written for ``TraceGraph_ELBO`` means the same thing
+    here. Unknown keys, and ``nn_baseline`` with ``baseline_value``, are
+    errors, as in Pyro.
+    """
+
+    KEYS = ("use_decaying_avg_baseline", "baseline_beta", "nn_baseline", "nn_baseline_input", "baseline_value")
+
+    def __init__(self):
+        self.averages = {}
+
+    def check(self, owner, name, options):
+        unknown = set(options) - set(self.KEYS)
+        if unknown:
+            raise ValueError(
+                "{}: guide site '{}' has unrecognized baseline options {}; the keys are {}".format(
+                    owner, name, sorted(unknown), ", ".join(self.KEYS)
+                )
+            )
+        if options.get("nn_baseline") is not None and options.get("baseline_value") is not None:
+            raise ValueError(
+                "{}: guide site '{}' gives both nn_baseline and baseline_value; use one".format(owner, name)
+            )
+
+    def __call__(self, score_site, options):
+        """
+        ``(value, objective)``: what the site's cost is centered by (with its
+        graph to the network), and the network's objective.
+        """
+        value, objective = 0.0, None
+        if options.get("use_decaying_avg_baseline", False):
+            average = self.averages.get(score_site.name)
+            if average is None:
+                average = MovingAverageBaseline(options.get("baseline_beta", 0.90))
+                self.averages[score_site.name] = average
+            value = average(score_site)
+        network = options.get("nn_baseline")
+        if network is not None:
+            inputs = detach(options.get("nn_baseline_input"))
+            value = value - network(inputs)  # the ELBO's sign: minus a cost
+            objective = (score_site.cost - value).pow(2).sum()
+        elif options.get("baseline_value") is not None:
+            value = value - options["baseline_value"].detach()
+        return value, objective
+
+    def update(self, score_site, options):
+        average = self.averages.get(score_site.name)
+        if average is not None and options.get("use_decaying_avg_baseline", False):
+            average.update(score_site)
+
+    def state_dict(self):
+        return {name: average.state_dict() for name, average in self.averages.items()}
+
+    def load_state_dict(self, state):
+        for name, average_state in state.items():
+            average = MovingAverageBaseline(average_state["decay"])
+            average.load_state_dict(average_state)
+            self.averages[name] = average
 
 
 #: Names accepted by :func:`make_baseline`.

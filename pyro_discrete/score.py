@@ -3,7 +3,9 @@
 The score-function (REINFORCE) estimator with baselines.
 """
 
-from .baselines import make_baseline
+import torch
+
+from .baselines import TraceGraphBaseline, make_baseline
 from .elbo import DiscreteELBO, Surrogate
 from .errors import estimator_error
 from .samplers import IIDSampler
@@ -21,10 +23,13 @@ class ScoreFunction(Surrogate):
     :param float decay: decay of moving-average baselines.
     """
 
+    honored_infer_keys = ("baseline",)
+
     def __init__(self, baseline="auto", decay=0.9):
         self.spec, self.decay = baseline, decay
         self.baseline = None
         self.site_baselines = {}
+        self.tracegraph = TraceGraphBaseline()
 
     def bind(self, elbo):
         self.owner = type(elbo).__name__
@@ -56,7 +61,7 @@ class ScoreFunction(Surrogate):
         return baseline
 
     def jit_unsupported(self):
-        if self.baseline.stateful or any(b.stateful for b in self.site_baselines.values()):
+        if self.baseline.stateful or any(b.stateful for b in self.site_baselines.values()) or self.tracegraph.averages:
             return "a baseline keeps state between steps; use baseline='loo' or None."
         return None
 
@@ -65,6 +70,17 @@ class ScoreFunction(Surrogate):
         surrogate = -surrogate_elbo
         objectives = {}
         for score_site in particles.score_sites():
+            options = score_site.site["infer"].get("baseline")
+            if options is not None:  # TraceGraph_ELBO's per-site options
+                self.tracegraph.check(self.owner, score_site.name, options)
+                value, objective = self.tracegraph(score_site, options)
+                if objective is not None:  # as TraceGraph_ELBO: the squared error in the surrogate
+                    surrogate = surrogate + objective / particles.num_particles
+                centered = score_site.cost - (value.detach() if torch.is_tensor(value) else value)
+                surrogate = surrogate + (score_site.score * centered).sum()
+                if step.update:
+                    self.tracegraph.update(score_site, options)
+                continue
             baseline = self.baseline_for(score_site.name, score_site.site)
             if step.elbo.jit_compile and baseline.stateful:
                 raise ValueError(
@@ -80,7 +96,7 @@ class ScoreFunction(Surrogate):
                 objective = baseline.objective(score_site, value)
                 previous = objectives.get(baseline.auxiliary)
                 objectives[baseline.auxiliary] = objective if previous is None else previous + objective
-                value = value.detach()
+                value = baseline.centering(score_site, value).detach()
             centered = score_site.cost - value
             surrogate = surrogate + (score_site.score * centered).sum()
             if step.update:
@@ -95,12 +111,13 @@ class ScoreFunction(Surrogate):
         return {b.auxiliary.name: b.auxiliary.module for b in baselines if b.auxiliary is not None}
 
     def state_dict(self):
-        state = {"baseline": self.baseline.state_dict()}
+        state = {"baseline": self.baseline.state_dict(), "tracegraph": self.tracegraph.state_dict()}
         state["site_baselines"] = {name: (b.state_dict(), _spec(b)) for name, b in self.site_baselines.items()}
         return state
 
     def load_state_dict(self, state):
         self.baseline.load_state_dict(state["baseline"])
+        self.tracegraph.load_state_dict(state.get("tracegraph", {}))
         for name, (baseline_state, spec) in state.get("site_baselines", {}).items():
             baseline = make_baseline(spec, self.decay, self.num_particles, owner=self.owner)
             baseline.load_state_dict(baseline_state)
