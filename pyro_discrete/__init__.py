@@ -16,6 +16,7 @@ from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
 from .indecater import IndeCateRELBO
+from .relax import RELAXELBO
 from .relaxed import RelaxedConcreteELBO, exponential_decay
 from .rodeo import RODEOELBO
 from .samplers import Sampler
@@ -35,6 +36,7 @@ __all__ = [
     "LeaveOneOutBaseline",
     "MovingAverageBaseline",
     "NoBaseline",
+    "RELAXELBO",
     "RODEOELBO",
     "RelaxedConcreteELBO",
     "Sampler",

@@ -179,6 +179,14 @@ def _indecater_particles(evaluations, num_categories, num_latents):
     return {"num_particles": max(1, round(evaluations / (1 + num_latents * (num_categories - 1))))}
 
 
+def _rebar_evaluations(num_particles, num_categories, num_latents):
+    return 3 * num_particles  # the sample, and the model at the two relaxed values
+
+
+def _rebar_particles(evaluations, num_categories, num_latents):
+    return {"num_particles": max(1, round(evaluations / 3))}
+
+
 def _enumeration(num_particles, num_categories, num_latents):
     return num_particles * num_categories**num_latents
 
@@ -187,6 +195,7 @@ def _register_builtins():
     from .arsm import ARSMELBO
     from .expect import ExpectELBO
     from .indecater import IndeCateRELBO
+    from .relax import RELAXELBO
     from .relaxed import RelaxedConcreteELBO
     from .rodeo import RODEOELBO
     from .score import TraceScoreELBO
@@ -274,6 +283,20 @@ def _register_builtins():
             evaluations=_indecater_evaluations,
             for_evaluations=_indecater_particles,
             summary="IndeCateR: every category of every latent evaluated, the others at the sample",
+        )
+    )
+    _register(
+        Estimator(
+            "rebar",
+            RELAXELBO,
+            {"control_variate": "rebar"},
+            stateful=True,
+            compilable=False,
+            guide_dependencies=False,
+            cost="replay",
+            evaluations=_rebar_evaluations,
+            for_evaluations=_rebar_particles,
+            summary="REBAR: the relaxation as a control variate, eta and temperature learned",
         )
     )
     _register(

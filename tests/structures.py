@@ -788,7 +788,11 @@ def _discrete_part():
 @structure(
     kinds=frozenset([CONTINUOUS, BERNOULLI]),
     particles_broadcast=False,
-    expect_error={"expect": "does not vary along batch dim", "indecater": "does not vary along batch dim"},
+    expect_error={
+        "expect": "does not vary along batch dim",
+        "indecater": "does not vary along batch dim",
+        "rebar": "does not vary along batch dim",
+    },
 )
 def _auto_guide_list_with_a_discrete_part():
     guide = AutoGuideList(_mixed_model)

@@ -44,7 +44,10 @@ def predict(structure, entry, vectorize=True):
         if key in structure.expect_error:
             return ERROR, structure.expect_error[key]
     if not structure.kinds <= entry.site_kinds and not (entry.exact and structure.kinds <= {"other"}):
-        return ERROR, "is neither|does not take|can neither|has no continuous relaxation|is not a Bernoulli site"
+        return ERROR, (
+            "is neither|does not take|can neither|has no continuous relaxation|is not a Bernoulli site"
+            "|is a Categorical \\(index\\) site"
+        )
     if entry.objective == "iwae" and structure.mixed_scales:
         return ERROR, "different scales"
     if entry.single_site and structure.discrete_sites > 1:
