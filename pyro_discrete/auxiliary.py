@@ -61,10 +61,28 @@ class Auxiliary:
     def register(self):
         """
         Registers the module with :func:`pyro.module` (call inside a gradient
-        step, so that SVI captures the parameters). If the param store holds
-        parameters of that name (a restored checkpoint), the module takes them.
+        step, so that SVI captures the parameters).
+
+        If the param store holds other tensors under the module's parameter
+        names (a restored checkpoint, or another estimator of the same
+        ``name``), the module takes their *values* and the store then holds
+        the module's own tensors: the parameter objects never change, so a
+        torch optimizer built over ``elbo(model, guide).parameters()`` keeps
+        stepping the tensors that the estimator uses. (With
+        ``pyro.module(..., update_module_params=True)`` the module would take
+        the stored tensors themselves, and such an optimizer would silently
+        step stale copies.)
         """
-        return pyro.module(self.name, self.module, update_module_params=True)
+        store = pyro.get_param_store()
+        for param_name, param in self.module.named_parameters():
+            full_name = "{}$$${}".format(self.name, param_name)
+            if full_name in store:
+                stored = store[full_name]
+                if stored is not param:
+                    with torch.no_grad():
+                        param.copy_(stored.detach().to(param))
+                    del store[full_name]
+        return pyro.module(self.name, self.module)
 
     def parameters(self):
         """The module's parameters that require a gradient."""

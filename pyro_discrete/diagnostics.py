@@ -181,7 +181,10 @@ class _ParamStoreGuard:
             if name not in self.before:
                 del store[name]
             elif store._params[name] is not self.before[name]:
+                # Pyro's store keeps a reverse map from tensor to name: keep the two in step
+                store._param_to_name.pop(store._params[name], None)
                 store._params[name] = self.before[name]
+                store._param_to_name[self.before[name]] = name
         return False
 
 

@@ -49,6 +49,7 @@ from .util import (
     ONEHOT,
     OTHER,
     innermost_distribution,
+    preserved_rng,
     sample_sites,
     site_kind,
     total,
@@ -397,6 +398,12 @@ class DiscreteELBO(ELBO):
         if self.vectorize_particles and self.num_particles > 1:
             return -self.max_plate_nesting
         return None
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # Pyro's dry run draws from the guide; here it leaves the random state as it found it, so that a
+        # fresh ELBO resumed from a checkpoint draws what the uninterrupted run drew
+        with preserved_rng():
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
     def _ensure_plate_nesting(self, step, sampler):
         if self.max_plate_nesting != float("inf"):

@@ -104,3 +104,14 @@ _INDEPENDENT_TYPES = (Independent, pyro.distributions.Independent)
 _ONE_HOT_TYPES = (OneHotCategorical, pyro.distributions.OneHotCategorical)
 _CATEGORICAL_TYPES = (Categorical, pyro.distributions.Categorical)
 _BERNOULLI_TYPES = (Bernoulli, pyro.distributions.Bernoulli)
+
+
+def preserved_rng():
+    """
+    A context in which random numbers may be drawn without advancing the
+    global generators (torch's CPU generator, and the current CUDA device's
+    when CUDA is in use): for dry runs, such as guessing ``max_plate_nesting``,
+    that must not change what the next step draws.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)

@@ -65,6 +65,36 @@ def test_learns_through_a_torch_optimizer():
     assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
 
 
+def test_torch_optimizer_keeps_stepping_the_estimators_tensors_when_the_store_has_the_name():
+    # an earlier estimator of the same name left its parameters in Pyro's param store; a torch optimizer
+    # over the new estimator's module must step the tensors that estimator uses (the old pyro.module(...,
+    # update_module_params=True) swapped the module's parameters for the stored ones: the optimizer then
+    # stepped orphans and the baseline silently stopped learning)
+    family = make_family("amortized_vae")
+    init_params(family)
+    first = TraceScoreELBO(baseline=NeuralBaseline(_net()))
+    first.differentiable_loss(family.model, family.guide, *family.args)  # fills the store
+    net = _net()
+    stale = {k: v.detach().clone() for k, v in pyro.get_param_store().items() if k.startswith("neural_baseline")}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)  # unlike the stored values
+    module = TraceScoreELBO(baseline=NeuralBaseline(net))(family.model, family.guide)
+    own = [id(p) for p in net.parameters()]
+    optim = torch.optim.Adam(module.parameters(), lr=0.01)
+    used = []
+    for _ in range(3):
+        optim.zero_grad()
+        module(*family.args).backward()
+        optim.step()
+        used.append([p.detach().clone() for p in net.parameters()])
+    assert [id(p) for p in net.parameters()] == own, "the module's parameters were replaced"
+    assert all(pyro.get_param_store()[k] is p for k, p in zip(sorted(stale), _sorted_params(net)))
+    assert all(not torch.equal(a, b) for a, b in zip(used[0], used[-1])), "the baseline did not learn"
+    # the module took the stored values (a restored param store resumes the baseline)
+    assert torch.allclose(used[0][0], stale["neural_baseline$$$0.weight"], atol=0.1)
+
+
 def test_objective_reaches_only_the_baseline():
     # the same draws with the learned baseline, and with its values frozen into a constant one:
     # the model and guide gradients are identical; the baseline's gradient is that of sum (c - b)^2

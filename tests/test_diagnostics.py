@@ -248,3 +248,21 @@ def test_tracegraph_with_running_average_state():
     assert stats.bias_z < 5
     for n, v in state.items():
         assert torch.equal(store[n], v)
+
+
+def test_param_store_stays_consistent_around_a_measurement():
+    # a measurement of an estimator with learned parameters, while the store holds another instance's
+    # parameters of the same names: afterwards the store is as before, its reverse map included
+    from pyro_discrete import RELAXELBO
+
+    family = make_family("amortized_vae")
+    init_params(family)
+    RELAXELBO().differentiable_loss(family.model, family.guide, *family.args)
+    store = pyro.get_param_store()
+    before = {name: store._params[name] for name in store}
+    gradient_statistics(RELAXELBO(), family.model, family.guide, *family.args, num_draws=4, timing_repeats=0)
+    assert {name: store._params[name] for name in store} == before
+    for name, tensor in before.items():
+        assert store.param_name(tensor) == name
+    for name in list(store.keys()):
+        del store[name]  # raised KeyError when the reverse map was stale
