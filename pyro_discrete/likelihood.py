@@ -29,10 +29,12 @@ from dataclasses import dataclass
 
 import torch
 from pyro import poutine
+from pyro.ops.provenance import detach_provenance
 
 from .elbo import DiscreteELBO, Step, Surrogate
 from .errors import estimator_error
 from .samplers import IIDSampler
+from .traces import ENUMERATION_KEYS
 from .util import sample_sites
 from .vimco import bound_dims, log_weights
 
@@ -72,8 +74,9 @@ class LogLikelihood:
 
 
 class _Draws(Surrogate):
-    # the particles only: no gradient
-    pass
+    # the particles only: no gradient. Pyro's infer options change how a gradient is estimated, not what an
+    # importance-weighted estimate of log p(x) is: nothing to warn about
+    honored_infer_keys = ENUMERATION_KEYS + ("baseline",)
 
 
 class _Sampler(DiscreteELBO):
@@ -201,4 +204,4 @@ def exact_log_likelihood(model, *args, budget=10000, **kwargs):
     plates = [d for d in range(-total.dim(), 0) if d not in bound]
     if plates:
         total = total.sum(plates)
-    return total
+    return detach_provenance(total)  # a plain tensor, whatever the enumeration tracked
