@@ -30,6 +30,10 @@ class AugmentedSampler(Sampler):
 
     def __init__(self, elbo=None):
         super().__init__(elbo)
+        #: guide site name -> ``(kind, noise, logits)``, filled as the guide runs: the site's kind
+        #: (see :func:`~pyro_discrete.util.site_kind`), the noise it was drawn with (``u`` of the logits' shape for
+        #: a Bernoulli site, ``pi`` of the logits' shape ``(..., C)`` for a categorical one) and its logits
+        #: (with their graph), from which the pseudo-actions are drawn
         self.noise = {}
 
     def draw(self, msg):
@@ -142,7 +146,7 @@ class ARSMELBO(DiscreteELBO):
     or ARM [2] (``binary="arm"``), :math:`g = (f(\tilde b) - f(b))(u - \tfrac12)`.
 
     ``f`` is the cost the site can influence, ``log q - log p`` kept per
-    element of the site's plates (see :func:`~pyro_discrete.core.site_costs`).
+    element of the site's plates (see :func:`~pyro_discrete.costs.site_costs`).
     All pseudo-actions of all sites are evaluated in one batched replay of the
     guide and model along an extra leftmost dim: models must broadcast over
     dims left of their plates, as for Pyro's parallel enumeration.
@@ -166,14 +170,14 @@ class ARSMELBO(DiscreteELBO):
     **References**
 
     [1] `ARSM: Augment-REINFORCE-Swap-Merge Estimator for Gradient
-        Backpropagation Through Categorical Variables`, Mingzhang Yin, Yuguang
-        Yue, Mingyuan Zhou (ICML 2019)
+    Backpropagation Through Categorical Variables`, Mingzhang Yin, Yuguang
+    Yue, Mingyuan Zhou (ICML 2019)
 
     [2] `ARM: Augment-REINFORCE-Merge Gradient for Stochastic Binary
-        Networks`, Mingzhang Yin, Mingyuan Zhou (ICLR 2019)
+    Networks`, Mingzhang Yin, Mingyuan Zhou (ICLR 2019)
 
     [3] `DisARM: An Antithetic Gradient Estimator for Binary Latent
-        Variables`, Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
+    Variables`, Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
     """
 
     def __init__(self, num_particles=1, binary="disarm", **kwargs):

@@ -24,10 +24,10 @@ its particles' costs and the dim that holds them).
 **References**
 
 [1] `Buy 4 REINFORCE Samples, Get a Baseline for Free!`,
-    Wouter Kool, Herke van Hoof, Max Welling (ICLR 2019 workshop)
+Wouter Kool, Herke van Hoof, Max Welling (ICLR 2019 workshop)
 
 [2] `Neural Variational Inference and Learning in Belief Networks`,
-    Andriy Mnih, Karol Gregor (ICML 2014)
+Andriy Mnih, Karol Gregor (ICML 2014)
 """
 
 import torch
@@ -77,6 +77,12 @@ class Baseline:
         return value
 
     def update(self, score_site):
+        """
+        Takes the current step's costs of ``score_site`` into the baseline's
+        state, after its value for that step was used, so that the value used at
+        a step depends on earlier steps only. Called on steps that may update
+        state only; a stateless baseline does nothing.
+        """
         pass
 
     def state_dict(self):

@@ -15,10 +15,10 @@ value depends on the site, found by provenance tracking as in
 **References**
 
 [1] `Gradient Estimation Using Stochastic Computation Graphs`,
-    John Schulman, Nicolas Heess, Theophane Weber, Pieter Abbeel (2015)
+John Schulman, Nicolas Heess, Theophane Weber, Pieter Abbeel (2015)
 
 [2] `Nonstandard Interpretations of Probabilistic Programs for Efficient Inference`,
-    David Wingate, Noah Goodman, Andreas Stuhlmüller, Jeffrey Siskind (2011)
+David Wingate, Noah Goodman, Andreas Stuhlmüller, Jeffrey Siskind (2011)
 """
 
 import torch

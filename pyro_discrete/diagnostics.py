@@ -34,10 +34,10 @@ needs); ``draws_per_batch=1`` makes one draw per pass instead.
 **References**
 
 [1] `Monte Carlo Gradient Estimation in Machine Learning`,
-    Shakir Mohamed, Mihaela Rosca, Michael Figurnov, Andriy Mnih (JMLR 2020)
+Shakir Mohamed, Mihaela Rosca, Michael Figurnov, Andriy Mnih (JMLR 2020)
 
 [2] `Storchastic: A Framework for General Stochastic Automatic Differentiation`,
-    Emile van Krieken, Jakub M. Tomczak, Annette ten Teije (NeurIPS 2021)
+Emile van Krieken, Jakub M. Tomczak, Annette ten Teije (NeurIPS 2021)
 """
 
 import copy
@@ -489,9 +489,15 @@ class Comparison(list):
 
     def __init__(self, rows, statistics):
         super().__init__(rows)
+        #: estimator name -> its :class:`GradientStatistics` (the per-parameter results behind the rows)
         self.statistics = statistics
 
     def to_markdown(self, columns=COLUMNS):
+        """
+        The rows as a Markdown table (also what ``str`` gives): one line per
+        estimator, the ``columns`` in order (floats to 3 significant digits,
+        ``nan`` as ``–``, a missing entry empty).
+        """
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in self:
             lines.append("| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |")
@@ -500,6 +506,11 @@ class Comparison(list):
     __str__ = to_markdown
 
     def to_csv(self, path, columns=COLUMNS):
+        """
+        Writes the rows to the CSV file ``path`` (overwritten): a header of
+        ``columns``, then one line per estimator with unformatted values (keys
+        not in ``columns`` are left out, missing ones empty). Returns ``path``.
+        """
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()

@@ -74,7 +74,10 @@ class EnumerateSampler(Sampler):
         self.next_dim = -elbo.max_plate_nesting - 1
         self.budget = elbo.budget
         self.evaluations = 1
+        #: guide site name -> the (negative) batch dim that holds its enumerated values, filled as the guide
+        #: runs: ``-max_plate_nesting - 1`` for the first discrete site, one further left for each next one
         self.dims = {}
+        #: guide site name -> the size of its joint support (the length of its dim in :attr:`dims`)
         self.sizes = {}
 
     def draw(self, msg):
@@ -177,7 +180,7 @@ class ExpectELBO(DiscreteELBO):
     **References**
 
     [1] `Tensor Variable Elimination for Plated Factor Graphs`,
-        Fritz Obermeyer, Eli Bingham, Martin Jankowiak, et al. (ICML 2019)
+    Fritz Obermeyer, Eli Bingham, Martin Jankowiak, et al. (ICML 2019)
     """
 
     def __init__(self, num_particles=1, budget=10000, **kwargs):

@@ -39,11 +39,11 @@ the left-out outcomes themselves (a log-sum-exp), never as :math:`1 - \sum p`.
 **References**
 
 [1] `Stochastic Beams and Where to Find Them: The Gumbel-Top-k Trick for
-    Sampling Sequences Without Replacement`, Wouter Kool, Herke van Hoof,
-    Max Welling (ICML 2019)
+Sampling Sequences Without Replacement`, Wouter Kool, Herke van Hoof,
+Max Welling (ICML 2019)
 
 [2] `Estimating Gradients for Discrete Random Variables by Sampling without
-    Replacement`, Wouter Kool, Herke van Hoof, Max Welling (ICLR 2020)
+Replacement`, Wouter Kool, Herke van Hoof, Max Welling (ICLR 2020)
 """
 
 import math

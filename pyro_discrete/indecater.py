@@ -131,8 +131,8 @@ class IndeCateRELBO(DiscreteELBO):
     **References**
 
     [1] `Differentiable Sampling of Categorical Distributions Using the
-        CatLog-Derivative Trick`, Lennert De Smet, Emanuele Sansone, Pedro
-        Zuidberg Dos Martires (NeurIPS 2023)
+    CatLog-Derivative Trick`, Lennert De Smet, Emanuele Sansone, Pedro
+    Zuidberg Dos Martires (NeurIPS 2023)
     """
 
     def __init__(self, num_particles=1, **kwargs):

@@ -21,7 +21,7 @@ weights rescaled by their maximum so that nothing overflows.
 **References**
 
 [1] `Importance Weighted Autoencoders`, Yuri Burda, Roger Grosse,
-    Ruslan Salakhutdinov (ICLR 2016)
+Ruslan Salakhutdinov (ICLR 2016)
 """
 
 import math

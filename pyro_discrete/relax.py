@@ -77,6 +77,9 @@ class RELAXSampler(Sampler):
 
     def __init__(self, elbo=None):
         super().__init__(elbo)
+        #: guide site name -> ``(kind, logits, z, z_tilde)``, filled as the guide runs: the site's kind, its
+        #: logits, the relaxed sample ``z`` and the conditional relaxed sample ``z_tilde`` (both of the logits'
+        #: shape, with their gradients to the logits; see ``relaxed_and_conditional``)
         self.relaxed = {}
 
     def draw(self, msg):
@@ -307,12 +310,12 @@ class RELAXELBO(DiscreteELBO):
     **References**
 
     [1] `Backpropagation through the Void: Optimizing Control Variates for
-        Black-Box Gradient Estimation`, Will Grathwohl, Dami Choi, Yuhuai Wu,
-        Geoffrey Roeder, David Duvenaud (ICLR 2018)
+    Black-Box Gradient Estimation`, Will Grathwohl, Dami Choi, Yuhuai Wu,
+    Geoffrey Roeder, David Duvenaud (ICLR 2018)
 
     [2] `REBAR: Low-variance, Unbiased Gradient Estimates for Discrete Latent
-        Variable Models`, George Tucker, Andriy Mnih, Chris J. Maddison, Dieterich
-        Lawson, Jascha Sohl-Dickstein (NeurIPS 2017)
+    Variable Models`, George Tucker, Andriy Mnih, Chris J. Maddison, Dieterich
+    Lawson, Jascha Sohl-Dickstein (NeurIPS 2017)
     """
 
     def __init__(

@@ -101,6 +101,9 @@ class RelaxedSampler(Sampler):
         self.temperature = elbo.current_temperature()
         self.prior_temperature = elbo.current_prior_temperature()
         self.straight_through = elbo.straight_through
+        #: guide site name -> the log-space sample of its relaxation, filled as the guide runs (logits of the
+        #: site's value shape for a Bernoulli site, log-probabilities ``(..., C)`` for a OneHotCategorical one),
+        #: with its gradient to the guide's parameters; the model's site of the same name is scored at it
         self.latents = {}
 
     def draw(self, msg):
@@ -226,16 +229,16 @@ class RelaxedConcreteELBO(DiscreteELBO):
     **References**
 
     [1] `The Concrete Distribution: A Continuous Relaxation of Discrete Random
-        Variables`, Chris J. Maddison, Andriy Mnih, Yee Whye Teh (ICLR 2017)
+    Variables`, Chris J. Maddison, Andriy Mnih, Yee Whye Teh (ICLR 2017)
 
     [2] `Categorical Reparameterization with Gumbel-Softmax`, Eric Jang,
-        Shixiang Gu, Ben Poole (ICLR 2017)
+    Shixiang Gu, Ben Poole (ICLR 2017)
 
     [3] `Bridging Discrete and Backpropagation: Straight-Through and Beyond`,
-        Liyuan Liu, Chengyu Dong, Xiaodong Liu, Bin Yu, Jianfeng Gao (NeurIPS 2023)
+    Liyuan Liu, Chengyu Dong, Xiaodong Liu, Bin Yu, Jianfeng Gao (NeurIPS 2023)
 
     [4] `Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
-        Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
+    Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
     """
 
     def __init__(

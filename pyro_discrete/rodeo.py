@@ -226,10 +226,10 @@ class RODEOELBO(DiscreteELBO):
     **References**
 
     [1] `Gradient Estimation with Discrete Stein Operators`, Jiaxin Shi, Yuhao
-        Zhou, Jessica Hwang, Michalis K. Titsias, Lester Mackey (NeurIPS 2022)
+    Zhou, Jessica Hwang, Michalis K. Titsias, Lester Mackey (NeurIPS 2022)
 
     [2] `Double Control Variates for Gradient Estimation in Discrete Latent
-        Variable Models`, Michalis K. Titsias, Jiaxin Shi (AISTATS 2022)
+    Variable Models`, Michalis K. Titsias, Jiaxin Shi (AISTATS 2022)
     """
 
     def __init__(self, num_particles=2, variant="rodeo", hidden=100, name="rodeo_control", **kwargs):

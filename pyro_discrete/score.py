@@ -178,13 +178,13 @@ class TraceScoreELBO(DiscreteELBO):
     **References**
 
     [1] `Simple Statistical Gradient-Following Algorithms for Connectionist
-        Reinforcement Learning`, Ronald J. Williams (1992)
+    Reinforcement Learning`, Ronald J. Williams (1992)
 
     [2] `Black Box Variational Inference`, Rajesh Ranganath, Sean Gerrish,
-        David M. Blei (AISTATS 2014)
+    David M. Blei (AISTATS 2014)
 
     [3] `Buy 4 REINFORCE Samples, Get a Baseline for Free!`, Wouter Kool,
-        Herke van Hoof, Max Welling (ICLR 2019 workshop)
+    Herke van Hoof, Max Welling (ICLR 2019 workshop)
     """
 
     def __init__(self, num_particles=1, baseline="auto", decay=0.9, **kwargs):

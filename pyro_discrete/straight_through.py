@@ -29,10 +29,10 @@ gradient is straight-through (biased; the bias is measured in
 **References**
 
 [1] `Bridging Discrete and Backpropagation: Straight-Through and Beyond`,
-    Liyuan Liu, Chengyu Dong, Xiaodong Liu, Bin Yu, Jianfeng Gao (NeurIPS 2023)
+Liyuan Liu, Chengyu Dong, Xiaodong Liu, Bin Yu, Jianfeng Gao (NeurIPS 2023)
 
 [2] `Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
-    Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
+Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
 """
 
 import torch

@@ -113,8 +113,8 @@ class SumAndSampleELBO(DiscreteELBO):
     **References**
 
     [1] `Rao-Blackwellized Stochastic Gradients for Discrete Distributions`,
-        Runjing Liu, Jeffrey Regier, Nilesh Tripuraneni, Michael I. Jordan,
-        Jon McAuliffe (ICML 2019)
+    Runjing Liu, Jeffrey Regier, Nilesh Tripuraneni, Michael I. Jordan,
+    Jon McAuliffe (ICML 2019)
     """
 
     def __init__(self, num_summed=3, num_samples=1, **kwargs):

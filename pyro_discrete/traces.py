@@ -4,10 +4,11 @@ Running a guide and the model against it: traces, log-probabilities, checks.
 
 :func:`get_importance_traces` is :func:`pyro.infer.enum.get_importance_trace`
 with one change, a fused log-density for observed ``Independent(Bernoulli)``
-sites (:func:`fused_log_prob`). :func:`run_traces` runs it under an
-estimator's :class:`~pyro_discrete.samplers.Sampler` and checks what the
-estimators need: every latent model site has a guide site, and every ``infer``
-option that Pyro defines is honored or warned about.
+sites (:func:`fused_log_prob`). A :class:`~pyro_discrete.DiscreteELBO` runs it
+under its :class:`~pyro_discrete.samplers.Sampler` and checks, with the
+functions here, what the estimators need: every latent model site has a guide
+site (:func:`check_model_guide`), and every ``infer`` option that Pyro defines
+is honored or warned about (:func:`check_infer_keys`).
 """
 
 import warnings

@@ -63,8 +63,14 @@ class SetSampler(Sampler):
         super().__init__(elbo)
         self.num = elbo.num_particles
         self.plate_nesting = elbo.max_plate_nesting
+        #: the name of the discrete guide site drawn (``None`` until the guide reaches it)
         self.site = None
-        self.log_p = self.log_rest = None
+        #: the joint log-probabilities of the drawn values, ``(n,) + batch`` in front layout (``n`` the number
+        #: of particles; rows that pad a set smaller than ``n`` are ``-inf``); ``None`` until the site is drawn
+        self.log_p = None
+        #: the log-probability of the values that :meth:`draw_set` left out (for sum-and-sample, those not
+        #: summed), shape ``batch`` (``-inf`` when none is left out); ``None`` until the site is drawn
+        self.log_rest = None
 
     # layout: the particle dim of a site's batch, as a positive index
     def particle_index(self, batch_shape):
@@ -336,11 +342,11 @@ class UnorderedSetELBO(DiscreteELBO):
     **References**
 
     [1] `Estimating Gradients for Discrete Random Variables by Sampling
-        without Replacement`, Wouter Kool, Herke van Hoof, Max Welling (ICLR 2020)
+    without Replacement`, Wouter Kool, Herke van Hoof, Max Welling (ICLR 2020)
 
     [2] `Stochastic Beams and Where to Find Them: The Gumbel-Top-k Trick for
-        Sampling Sequences Without Replacement`, Wouter Kool, Herke van Hoof,
-        Max Welling (ICML 2019)
+    Sampling Sequences Without Replacement`, Wouter Kool, Herke van Hoof,
+    Max Welling (ICML 2019)
     """
 
     def __init__(self, num_samples=4, **kwargs):

@@ -90,11 +90,11 @@ class VarGradELBO(DiscreteELBO):
     **References**
 
     [1] `VarGrad: A Low-Variance Gradient Estimator for Variational Inference`,
-        Lorenz Richter, Ayman Boustati, Nikolas Nüsken, Francisco J. R. Ruiz,
-        Ömer Deniz Akyildiz (NeurIPS 2020)
+    Lorenz Richter, Ayman Boustati, Nikolas Nüsken, Francisco J. R. Ruiz,
+    Ömer Deniz Akyildiz (NeurIPS 2020)
 
     [2] `Buy 4 REINFORCE Samples, Get a Baseline for Free!`, Wouter Kool,
-        Herke van Hoof, Max Welling (ICLR 2019 workshop)
+    Herke van Hoof, Max Welling (ICLR 2019 workshop)
     """
 
     def __init__(self, num_particles=8, continuous="pathwise", **kwargs):

@@ -200,7 +200,8 @@ class VIMCOELBO(DiscreteELBO):
     sites with different scales are an error.
 
     :meth:`loss` and the value of the gradient methods are the negated bound
-    :math:`-\hat{\mathcal L}_K`, which is higher than ``-ELBO`` and tends to
+    :math:`-\hat{\mathcal L}_K`, which is lower than ``-ELBO`` in expectation
+    (:math:`\mathcal L_K \ge \mathcal L_1 =` ELBO) and decreases toward
     ``-log p(x)`` as ``K`` grows. Particles may be vectorized (default) or
     looped.
 
@@ -209,10 +210,10 @@ class VIMCOELBO(DiscreteELBO):
     **References**
 
     [1] `Variational Inference for Monte Carlo Objectives`, Andriy Mnih,
-        Danilo J. Rezende (ICML 2016)
+    Danilo J. Rezende (ICML 2016)
 
     [2] `Importance Weighted Autoencoders`, Yuri Burda, Roger Grosse,
-        Ruslan Salakhutdinov (ICLR 2016)
+    Ruslan Salakhutdinov (ICLR 2016)
     """
 
     def __init__(self, num_particles=4, **kwargs):
