@@ -40,23 +40,17 @@ Shakir Mohamed, Mihaela Rosca, Michael Figurnov, Andriy Mnih (JMLR 2020)
 Emile van Krieken, Jakub M. Tomczak, Annette ten Teije (NeurIPS 2021)
 """
 
-import copy
-import csv
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer import TraceEnum_ELBO
-from pyro.poutine.util import prune_subsample_sites
 
-from .compile import CompileCache
-from .elbo import DiscreteELBO
+from .comparison import Comparison
+from .drawing import Drawer, ParamStoreGuard, as_triple, count_plate_dims, evaluations_per_draw
 from .likelihood import LogLikelihood, exact_log_likelihood, log_likelihood
-from .statistics import DRAWS_PLATE, bias_z, draw_statistics, draws_plate, squared_bias
+from .statistics import DRAWS_PLATE, bias_z, draw_statistics, squared_bias
 from .traces import IgnoredInferOption
 
 __all__ = [
@@ -149,155 +143,6 @@ class GradientStatistics:
 
 
 # ----------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------
-def _plate_nesting(model, guide, args, kwargs):
-    """The number of plate dims the model and guide use (without particles)."""
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [
-        frame.dim
-        for trace in (prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace))
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return -min(dims) if dims else 0
-
-
-class _ParamStoreGuard:
-    """Undo what an ELBO writes to the param store (e.g. TraceGraph_ELBO's running averages)."""
-
-    def __enter__(self):
-        store = pyro.get_param_store()
-        self.before = {name: store._params[name] for name in store}
-        return self
-
-    def __exit__(self, *exc):
-        store = pyro.get_param_store()
-        for name in list(store.keys()):
-            if name not in self.before:
-                del store[name]
-            elif store._params[name] is not self.before[name]:
-                # Pyro's store keeps a reverse map from tensor to name: keep the two in step
-                store._param_to_name.pop(store._params[name], None)
-                store._params[name] = self.before[name]
-                store._param_to_name[self.before[name]] = name
-        return False
-
-
-class _Drawer:
-    """
-    Evaluates ``elbo``'s loss and gradient ``draws_per_batch`` times in one pass,
-    on a private copy of the ELBO whose state is used but not advanced.
-    """
-
-    def __init__(self, elbo, model, guide, args, kwargs, draws_per_batch, plate_nesting):
-        self.args, self.kwargs = args, kwargs
-        self.draws_per_batch = draws_per_batch
-        self.elbo = copy.copy(elbo) if isinstance(elbo, DiscreteELBO) else copy.deepcopy(elbo)
-        if isinstance(elbo, DiscreteELBO):
-            self.elbo._compiled = CompileCache()  # functions compiled here stay with the copy
-        extra = 1 if draws_per_batch > 1 else 0
-        if extra:
-            dim = -(plate_nesting + 1)
-            model = draws_plate(model, draws_per_batch, dim)
-            guide = draws_plate(guide, draws_per_batch, dim)
-        if self.elbo.max_plate_nesting == float("inf"):
-            # what ELBO._guess_max_plate_nesting would find, without running the model again
-            particles = self.elbo.vectorize_particles and self.elbo.num_particles > 1
-            self.elbo.max_plate_nesting = plate_nesting + extra + int(particles)
-        else:
-            self.elbo.max_plate_nesting = max(self.elbo.max_plate_nesting + extra, plate_nesting + extra)
-        self.model, self.guide = model, guide
-        self.tensors = None  # name -> unconstrained tensor, fixed at the first call
-
-    def _capture(self, params):
-        """Find the parameters by a dry run (no gradient) and fix the names."""
-        with poutine.trace(param_only=True) as tr:
-            self.elbo.loss(self.model, self.guide, *self.args, **self.kwargs)
-        touched = {name: site["value"].unconstrained() for name, site in tr.trace.nodes.items()}
-        store = pyro.get_param_store()
-        if params is None:
-            tensors = {n: t for n, t in touched.items() if t.requires_grad}
-        elif isinstance(params, dict):
-            tensors = dict(params)
-        else:
-            params = [params] if isinstance(params, str) else list(params)
-            tensors = {}
-            for i, p in enumerate(params):
-                if isinstance(p, str):
-                    if p not in store:
-                        raise KeyError("gradient_statistics: no parameter named {!r} in the param store".format(p))
-                    tensors[p] = store.get_param(p).unconstrained()
-                else:
-                    tensors[store.param_name(p) or "param{}".format(i)] = p
-        if not tensors:
-            raise ValueError("gradient_statistics: the model and guide touch no parameter that requires grad")
-        self.tensors = tensors
-        self.touched = [t for t in touched.values() if t.requires_grad]
-
-    def __call__(self):
-        """``(loss, grads)``, both summed over the draws of this pass."""
-        elbo, tensors = self.elbo, list(self.tensors.values())
-        if isinstance(elbo, DiscreteELBO):
-            loss, surrogate = elbo._loss_and_surrogate(self.model, self.guide, self.args, self.kwargs, update=False)
-            if torch.is_tensor(surrogate) and surrogate.requires_grad:
-                grads = torch.autograd.grad(surrogate, tensors, allow_unused=True)
-            else:
-                grads = [None] * len(tensors)
-            loss = float(loss)
-        elif hasattr(elbo, "differentiable_loss"):
-            loss = elbo.differentiable_loss(self.model, self.guide, *self.args, **self.kwargs)
-            grads = (
-                torch.autograd.grad(loss, tensors, allow_unused=True) if loss.requires_grad else [None] * len(tensors)
-            )
-            loss = loss.item()
-        else:  # e.g. TraceGraph_ELBO: only loss_and_grads
-            saved = [(t, t.grad) for t in set(self.touched) | set(tensors)]
-            for t, _ in saved:
-                t.grad = None
-            loss = elbo.loss_and_grads(self.model, self.guide, *self.args, **self.kwargs)
-            grads = [t.grad for t in tensors]
-            for t, g in saved:
-                t.grad = g
-        grads = [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(tensors, grads)]
-        return loss, grads
-
-
-def _evaluations(elbo, guide, args, kwargs):
-    """Model evaluations per draw (after at least one call of ``elbo``)."""
-    n = getattr(elbo, "num_evaluations", None)
-    if n is not None:
-        return float(n)
-    particles = getattr(elbo, "num_particles", 1)
-    if isinstance(elbo, TraceEnum_ELBO):
-        first = -elbo.max_plate_nesting - 1 if elbo.max_plate_nesting != float("inf") else -8
-        with poutine.block():
-            trace = poutine.trace(poutine.enum(guide, first_available_dim=first)).get_trace(*args, **kwargs)
-        size = 1
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and site["infer"].get("enumerate") == "parallel":
-                dim = site["infer"].get("_enumerate_dim")
-                if dim is not None:
-                    batch_shape = site["value"].shape[: site["value"].dim() - len(site["fn"].event_shape)]
-                    size *= batch_shape[dim]
-        return float(size * particles)
-    return float(particles)
-
-
-def _as_triple(spec, model, guide, what):
-    """An estimator spec is an ELBO or ``(elbo, model, guide)`` for an equivalent model."""
-    if isinstance(spec, tuple):
-        if len(spec) != 3:
-            raise ValueError("{}: expected an ELBO or (elbo, model, guide), got a tuple of {}".format(what, len(spec)))
-        return spec
-    return spec, model, guide
-
-
-# ----------------------------------------------------------------------
 # the measurement
 # ----------------------------------------------------------------------
 def gradient_statistics(
@@ -345,18 +190,18 @@ def gradient_statistics(
         (0 to skip).
     :returns: a :class:`GradientStatistics`.
     """
-    elbo, model, guide = _as_triple(elbo, model, guide, "gradient_statistics")
+    elbo, model, guide = as_triple(elbo, model, guide, "gradient_statistics")
     if not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError("gradient_statistics: num_draws must be an integer >= 2, got {!r}".format(num_draws))
     if draws_per_batch is None:
         draws_per_batch = max(1, math.ceil(num_draws / 50))
     num_batches = max(2, math.ceil(num_draws / draws_per_batch))
-    plate_nesting = _plate_nesting(model, guide, args, kwargs)
+    plate_nesting = count_plate_dims(model, guide, args, kwargs)
 
-    with _ParamStoreGuard():
-        drawer = _Drawer(elbo, model, guide, args, kwargs, draws_per_batch, plate_nesting)
+    with ParamStoreGuard():
+        drawer = Drawer(elbo, model, guide, args, kwargs, draws_per_batch, plate_nesting)
         try:
-            with _ParamStoreGuard():  # a failed attempt may have written to the param store
+            with ParamStoreGuard():  # a failed attempt may have written to the param store
                 drawer._capture(params)
                 loss, grads = drawer()
         except Exception as e:  # the model may not broadcast over the draws dim
@@ -367,7 +212,7 @@ def gradient_statistics(
                 "(pass draws_per_batch=1 to skip this attempt)".format(type(e).__name__, e)
             )
             draws_per_batch, num_batches = 1, num_draws
-            drawer = _Drawer(elbo, model, guide, args, kwargs, 1, plate_nesting)
+            drawer = Drawer(elbo, model, guide, args, kwargs, 1, plate_nesting)
             drawer._capture(params)
             loss, grads = drawer()
         names = list(drawer.tensors)
@@ -377,11 +222,11 @@ def gradient_statistics(
             batches.append(drawer())
         elapsed = time.perf_counter() - start
         seconds_per_draw = elapsed / max(1, (num_batches - 1) * draws_per_batch)
-        evaluations = _evaluations(drawer.elbo, drawer.guide, args, kwargs)
+        evaluations = evaluations_per_draw(drawer.elbo, drawer.guide, args, kwargs)
 
         seconds_per_step = math.nan
         if timing_repeats:
-            single = drawer if draws_per_batch == 1 else _Drawer(elbo, model, guide, args, kwargs, 1, plate_nesting)
+            single = drawer if draws_per_batch == 1 else Drawer(elbo, model, guide, args, kwargs, 1, plate_nesting)
             if single is not drawer:
                 single.tensors, single.touched = dict(zip(names, drawer.tensors.values())), drawer.touched
                 single()  # warm-up (guesses max_plate_nesting)
@@ -429,9 +274,9 @@ def _reference_gradient(reference, model, guide, args, kwargs, tensors, referenc
         from .expect import ExpectELBO
 
         reference = ExpectELBO()
-    ref_elbo, ref_model, ref_guide = _as_triple(reference, model, guide, "gradient_statistics(reference=...)")
-    drawer = _Drawer(
-        ref_elbo, ref_model, ref_guide, args, kwargs, 1, _plate_nesting(ref_model, ref_guide, args, kwargs)
+    ref_elbo, ref_model, ref_guide = as_triple(reference, model, guide, "gradient_statistics(reference=...)")
+    drawer = Drawer(
+        ref_elbo, ref_model, ref_guide, args, kwargs, 1, count_plate_dims(ref_model, ref_guide, args, kwargs)
     )
     drawer.tensors, drawer.touched = dict(tensors), list(tensors.values())
     state = torch.get_rng_state()
@@ -478,89 +323,6 @@ def _add_bias(stats, ref, ref_se2, ref_loss, se2):
 # ----------------------------------------------------------------------
 # comparisons
 # ----------------------------------------------------------------------
-COLUMNS = ["estimator", "variance", "squared_bias", "mse", "bias_z", "loss", "ms_per_step", "evaluations", "draws"]
-
-
-class Comparison(list):
-    """
-    Rows of :func:`compare_estimators` (dicts); prints as a Markdown table.
-    :attr:`statistics` maps each estimator's name to its :class:`GradientStatistics`.
-    """
-
-    def __init__(self, rows, statistics):
-        super().__init__(rows)
-        #: estimator name -> its :class:`GradientStatistics` (the per-parameter results behind the rows)
-        self.statistics = statistics
-
-    def to_markdown(self, columns=COLUMNS):
-        """
-        The rows as a Markdown table (also what ``str`` gives): one line per
-        estimator, the ``columns`` in order (floats to 3 significant digits,
-        ``nan`` as ``–``, a missing entry empty).
-        """
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for row in self:
-            lines.append("| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |")
-        return "\n".join(lines)
-
-    __str__ = to_markdown
-
-    def to_csv(self, path, columns=COLUMNS):
-        """
-        Writes the rows to the CSV file ``path`` (overwritten): a header of
-        ``columns``, then one line per estimator with unformatted values (keys
-        not in ``columns`` are left out, missing ones empty). Returns ``path``.
-        """
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self)
-        return path
-
-    def plot(self, path=None, ax=None):
-        """
-        Variance against cost (ms per step), one point per estimator, with the
-        squared bias as a second marker where measured. Needs matplotlib.
-        """
-        try:
-            import matplotlib
-
-            if ax is None and path is not None:
-                matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as e:
-            raise ImportError("Comparison.plot needs matplotlib (pip install matplotlib)") from e
-        fig = None
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 4))
-        for row in self:
-            x = row["ms_per_step"]
-            ax.scatter([x], [max(row["variance"], 1e-300)], marker="o")
-            ax.annotate(row["estimator"], (x, max(row["variance"], 1e-300)), fontsize=8)
-            if row["squared_bias"] == row["squared_bias"] and row["squared_bias"] > 0:
-                ax.scatter([x], [row["squared_bias"]], marker="x", color="k")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("ms per step")
-        ax.set_ylabel("gradient variance (o), squared bias (x)")
-        if fig is not None:
-            fig.tight_layout()
-            if path is not None:
-                fig.savefig(path, dpi=100)
-                plt.close(fig)
-        return ax
-
-
-def _format(value):
-    if isinstance(value, float):
-        if value != value:
-            return "–"
-        if value == 0 or math.isinf(value):
-            return str(value)
-        return "{:.3g}".format(value) if abs(value) < 1e4 else "{:.3e}".format(value)
-    return str(value)
-
-
 def compare_estimators(
     model, guide, *args, estimators, reference="exact", num_draws=100, params=None, progress=False, **kwargs
 ):
@@ -584,17 +346,17 @@ def compare_estimators(
     ref = reference
     if reference is not None and not isinstance(reference, dict):
         first = next(iter(estimators.values()))
-        first_elbo, first_model, first_guide = _as_triple(first, model, guide, "compare_estimators")
-        probe = _Drawer(
+        first_elbo, first_model, first_guide = as_triple(first, model, guide, "compare_estimators")
+        probe = Drawer(
             first_elbo,
             first_model,
             first_guide,
             args,
             kwargs,
             1,
-            _plate_nesting(first_model, first_guide, args, kwargs),
+            count_plate_dims(first_model, first_guide, args, kwargs),
         )
-        with _ParamStoreGuard():
+        with ParamStoreGuard():
             probe._capture(params)
         ref_grads, ref_se2, ref_loss = _reference_gradient(reference, model, guide, args, kwargs, probe.tensors, 2000)
         if any((v > 0).any() for v in ref_se2.values()):
