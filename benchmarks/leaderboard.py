@@ -345,12 +345,13 @@ def report(out):
         print("no finished runs in", os.path.join(out, "runs"))
         return
     rows = []
-    for protocol in PROTOCOLS:
+    groups = sorted({(r["protocol"], r["epochs"]) for r in runs}, key=lambda g: (list(PROTOCOLS).index(g[0]), g[1]))
+    for protocol, epochs in groups:
         names = list(dict.fromkeys(r["estimator"] for r in runs if r["protocol"] == protocol))
         for name in names:
-            rs = [r for r in runs if r["protocol"] == protocol and r["estimator"] == name]
-            epochs = min(r["epochs"] for r in rs)
-            rs = [r for r in rs if r["epochs"] == epochs] or rs
+            rs = [r for r in runs if r["protocol"] == protocol and r["estimator"] == name and r["epochs"] == epochs]
+            if not rs:
+                continue
             val, val_spread = _mean_spread([r["curve"][-1]["validation_neg_elbo"] for r in rs])
             test, _ = _mean_spread([r["test_neg_elbo"] for r in rs])
             nll, nll_spread = _mean_spread([r["test_nll"] for r in rs])
@@ -358,6 +359,8 @@ def report(out):
             last_var, _ = _mean_spread([r["variance"][-1]["encoder_variance"] for r in rs])
             ms, _ = _mean_spread([r["ms_per_step"] for r in rs])
             paper = PAPERS.get((protocol, name))
+            if paper is not None and paper[2] != epochs:
+                paper = None  # only at matched epochs
             rows.append(
                 {
                     "protocol": protocol,
@@ -395,10 +398,9 @@ def report(out):
             rows[0]["nll_images"], rows[0]["nll_samples"], rows[0]["test_nll_se"]
         ),
     ]
-    for protocol in PROTOCOLS:
-        rs = sorted([r for r in rows if r["protocol"] == protocol], key=lambda r: r["validation_neg_elbo"])
-        if not rs:
-            continue
+    for protocol, epochs in groups:
+        rs = [r for r in rows if r["protocol"] == protocol and r["epochs"] == epochs]
+        rs = sorted(rs, key=lambda r: r["validation_neg_elbo"])
         p = PROTOCOLS[protocol]
         lines += [
             "",
@@ -411,13 +413,18 @@ def report(out):
                 rs[0]["epochs"],
             ),
             "",
+            "`python benchmarks/leaderboard.py --protocol {} --epochs {}` (runs with `--estimators ...` and "
+            "`--seeds ...` for subsets); training time of these rows: {:.0f} minutes in all.".format(
+                protocol, epochs, sum(r["seconds"] * r["seeds"] for r in rs) / 60
+            ),
+            "",
             "| estimator | seeds | evaluations / step | validation -ELBO | test -ELBO | test NLL | "
-            "encoder variance (epoch 1) | encoder variance (last) | ms / step | paper |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "encoder variance (epoch 1) | encoder variance (last) | ms / step | training s | paper |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rs:
             lines.append(
-                "| {} | {} | {:.0f} | {} | {:.2f} | {} | {:.3g} | {:.3g} | {:.1f} | {} |".format(
+                "| {} | {} | {:.0f} | {} | {:.2f} | {} | {:.3g} | {:.3g} | {:.1f} | {:.0f} | {} |".format(
                     r["estimator"],
                     r["seeds"],
                     r["evaluations_per_step"],
@@ -427,6 +434,7 @@ def report(out):
                     r["encoder_variance_first_epoch"],
                     r["encoder_variance_last_epoch"],
                     r["ms_per_step"],
+                    r["seconds"],
                     r["paper"] or "–",
                 )
             )
@@ -547,7 +555,9 @@ def main(argv=None):
                 print("{}: {} does not take this protocol's site; skipped".format(protocol, name))
                 continue
             for seed in [int(s) for s in args.seeds.split(",")]:
-                path = os.path.join(args.out, "runs", protocol, "{}-seed{}.json".format(name, seed))
+                path = os.path.join(
+                    args.out, "runs", protocol, "{}-seed{}-epochs{}.json".format(name, seed, args.epochs)
+                )
                 if os.path.exists(path) and not args.force:
                     with open(path) as f:
                         done = json.load(f)

@@ -162,6 +162,16 @@ def _same(num_particles, num_categories, num_latents):
     return num_particles
 
 
+def _distinct(num_particles, num_categories, num_latents):
+    # a set of distinct values holds at most the whole joint support
+    return min(num_particles, num_categories**num_latents)
+
+
+def _set_size(evaluations, num_categories, num_latents):
+    # no larger than the joint support: past it the set is the support (exact), and its cost keeps growing
+    return {"num_particles": max(2, min(int(evaluations), num_categories**num_latents))}
+
+
 def _arsm_evaluations(num_particles, num_categories, num_latents):
     return num_particles * (1 + num_categories * (num_categories - 1) // 2)
 
@@ -381,8 +391,8 @@ def _register_builtins():
             vectorized_only=True,
             single_site=True,
             cost="set",
-            evaluations=_same,
-            for_evaluations=_particles,
+            evaluations=_distinct,
+            for_evaluations=_set_size,
             summary="the unordered set estimator: distinct samples without replacement, built-in baseline",
         )
     )
@@ -396,8 +406,8 @@ def _register_builtins():
             vectorized_only=True,
             single_site=True,
             cost="set",
-            evaluations=_same,
-            for_evaluations=_particles_at_least_2,
+            evaluations=_distinct,
+            for_evaluations=_set_size,
             summary="sum-and-sample: the most probable values summed, the rest sampled",
         )
     )
