@@ -57,6 +57,16 @@ def run(estimator, devices, batch, steps, particles):
             return json.load(f)
 
 
+def _typed(row):
+    """A row read back from ``scaling.csv``, with its numbers as numbers."""
+    out = dict(row)
+    for key in ("processes", "batch_per_process", "global_batch"):
+        out[key] = int(out[key])
+    for key in ("ms_per_step", "examples_per_second", "final_loss"):
+        out[key] = float(out[key])
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--estimators", nargs="+", default=["loo", "vargrad", "expect"])
@@ -89,7 +99,12 @@ def main(argv=None):
                 flush=True,
             )
     os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "scaling.csv"), "w", newline="") as f:
+    path = os.path.join(OUT, "scaling.csv")
+    if os.path.exists(path):  # keep the estimators not measured now
+        with open(path) as f:
+            kept = [r for r in csv.DictReader(f) if r["estimator"] not in args.estimators]
+        rows = [_typed(r) for r in kept] + rows
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
