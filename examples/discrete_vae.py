@@ -33,8 +33,10 @@ from torch import nn
 
 from pyro_discrete import ExpectELBO, TraceScoreELBO, registry
 
-#: the registered estimators, then Pyro's own for comparison
-ESTIMATORS = list(registry.REGISTRY) + list(registry.PYRO_ELBOS)
+#: the registered estimators that take this VAE's one-hot sites, then Pyro's own for comparison
+ESTIMATORS = [name for name, entry in registry.REGISTRY.items() if "onehot" in entry.site_kinds] + list(
+    registry.PYRO_ELBOS
+)
 
 
 # ----------------------------------------------------------------------
