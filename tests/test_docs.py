@@ -213,3 +213,17 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+# ----------------------------------------------------------------------
+# the README's links
+# ----------------------------------------------------------------------
+def test_readme_links_resolve():
+    """Every relative link of the README names a file of the repository."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link.split("#")[0] for link in links if "://" not in link and not link.startswith("#")]
+    assert local, "the README links to no documentation page"
+    missing = [link for link in local if not os.path.exists(os.path.join(ROOT, link))]
+    assert not missing, "README links to missing files: {}".format(missing)
