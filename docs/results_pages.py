@@ -28,6 +28,10 @@ INCLUDED_RESULTS = [
     "structures",
     "arsm_step",
     "grid_summary",
+    "examples/tutorial_mnist",
+    "examples/introduction",
+    "examples/toys",
+    "examples/concrete_shapes",
 ]
 
 #: exact commands for results that a script's generic usage lines do not pin down
@@ -35,6 +39,11 @@ COMMAND_OVERRIDES = {
     "grid_jit": "python benchmarks/run_benchmarks.py --estimators jit --varied base,batch --rounds 15 --out grid_jit",
     "grid_jit_summary": "python benchmarks/run_benchmarks.py --estimators jit --varied base,batch --rounds 15 "
     "--out grid_jit",
+    "tutorial_mnist": "python examples/discrete_vae.py --data mnist --data-dir ../shared/data/mnist --binarize none "
+    "--epochs 5 --estimator loo --particles 10",
+    "introduction": "python examples/introduction.py",
+    "toys": "python examples/toys.py --draws 2000 --grid 2,4,16,64,256,1024",
+    "concrete_shapes": "python examples/concrete_shapes.py",
 }
 
 #: results whose producing script is not named in any docstring's "Writes ..." (stem prefix -> script)
@@ -249,6 +258,7 @@ _GROUP_TITLES = {
     "leaderboard": "Leaderboard",
     "compare": "Training comparison",
     "rebar_toy": "REBAR's toy",
+    "examples": "The examples' results",
 }
 
 
