@@ -263,23 +263,32 @@ def _plot(rows, path):
     except ImportError:
         return
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), squeeze=False)
+    names = [n for n in REGISTRY if any(r["estimator"] == n for r in rows)]
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xhp<>"
+    style = {n: dict(color=colors[i % 20], marker=markers[i % len(markers)]) for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.6 * len(settings) + 1.8, 3.6), squeeze=False)
     for ax, setting in zip(axes[0], settings):
-        for name in dict.fromkeys(r["estimator"] for r in rows if r["setting"] == setting):
-            pts = sorted(
-                (float(r["evaluations"]), float(r["variance"]))
-                for r in rows
-                if r["setting"] == setting and r["estimator"] == name and float(r["variance"]) > 0
-            )
+        zeros = []
+        for name in names:
+            here = [r for r in rows if r["setting"] == setting and r["estimator"] == name]
+            pts = sorted((float(r["evaluations"]), float(r["variance"])) for r in here if float(r["variance"]) > 0)
+            if here and not pts:
+                zeros.append(name)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.plot(*zip(*pts), linewidth=1, markersize=5, **style[name])
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(setting)
+        ticks = sorted({int(float(r["budget"])) for r in rows if r["setting"] == setting})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_title(setting + ("\n(variance 0: " + ", ".join(zeros) + ")" if zeros else ""), fontsize=9)
         ax.set_xlabel("model evaluations per step")
-        ax.set_ylabel("gradient variance (per data point)")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("gradient variance (per data point)")
+    handles = [plt.Line2D([], [], linewidth=1, **style[n]) for n in names]
+    fig.legend(handles, names, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / (3.6 * len(settings) + 1.8), 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -290,7 +299,15 @@ def main(argv=None):
     parser.add_argument("--estimators", default=",".join(REGISTRY), help="comma-separated registry names")
     parser.add_argument("--draws", type=int, default=0, help="gradient draws per measurement (default: per setting)")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--replot", action="store_true", help="only redraw variance.png from variance.csv")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(os.path.join(args.out, "variance.csv")) as f:
+            _plot(
+                [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)],
+                os.path.join(args.out, "variance.png"),
+            )
+        return 0
     torch.set_default_dtype(torch.float32)
     pyro.enable_validation(False)
     for setting in args.settings.split(","):
