@@ -34,7 +34,7 @@ INCLUDED_RESULTS = [
     "examples/concrete_shapes",
 ]
 
-#: exact commands for results that a script's generic usage lines do not pin down
+#: exact commands for results that a script's generic usage lines do not pin down (by path under results, or stem)
 COMMAND_OVERRIDES = {
     "grid_jit": "python benchmarks/run_benchmarks.py --estimators jit --varied base,batch --rounds 15 --out grid_jit",
     "grid_jit_summary": "python benchmarks/run_benchmarks.py --estimators jit --varied base,batch --rounds 15 "
@@ -44,6 +44,9 @@ COMMAND_OVERRIDES = {
     "introduction": "python examples/introduction.py",
     "toys": "python examples/toys.py --draws 2000 --grid 2,4,16,64,256,1024",
     "concrete_shapes": "python examples/concrete_shapes.py",
+    "compare_multisample/compare": "python benchmarks/compare_estimators.py --data mnist "
+    "--data-dir ../shared/data/mnist --epochs 1 --checkpoints 2 --draws 50 --estimators loo,vimco,rebar,vargrad,expect "
+    "--out benchmarks/results/compare_multisample",
 }
 
 #: results whose producing script is not named in any docstring's "Writes ..." (stem prefix -> script)
@@ -148,8 +151,9 @@ def provenance(relative, sources, docs):
     out += ["Source: " + listed, ""]
     stem = os.path.basename(relative)
     script = producing_script(relative, docs)
-    if stem in COMMAND_OVERRIDES:
-        out += ["Produced by:", ""] + code_block([COMMAND_OVERRIDES[stem]], "bash")
+    override = COMMAND_OVERRIDES.get(relative, COMMAND_OVERRIDES.get(stem))
+    if override is not None:
+        out += ["Produced by:", ""] + code_block([override], "bash")
     elif script is not None:
         commands = usage_lines(docs.get(script, ""))
         out += ["Produced by ``{}``{}".format(script, ":" if commands else "."), ""]
@@ -259,6 +263,7 @@ _GROUP_TITLES = {
     "compare": "Training comparison",
     "rebar_toy": "REBAR's toy",
     "examples": "The examples' results",
+    "compare_multisample": "Training comparison: VIMCO, REBAR and leave-one-out",
 }
 
 
