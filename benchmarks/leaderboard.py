@@ -469,38 +469,44 @@ def _plot(runs, out):
     except ImportError:
         return
     for protocol in PROTOCOLS:
-        rs = [r for r in runs if r["protocol"] == protocol]
-        if not rs:
+        here = [r for r in runs if r["protocol"] == protocol]
+        if not here:
             continue
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-        names = list(dict.fromkeys(r["estimator"] for r in rs))
+        groups = sorted({r["epochs"] for r in here})  # one row of panels per number of epochs
+        fig, rows = plt.subplots(len(groups), 2, figsize=(13, 4.6 * len(groups)), squeeze=False)
         cmap = plt.get_cmap("tab20")
-        finals = []
-        for i, name in enumerate(names):
-            for j, r in enumerate(r for r in rs if r["estimator"] == name):
-                steps = [c["step"] for c in r["curve"]]
-                seconds = [c["seconds"] for c in r["curve"]]
-                values = [c["validation_neg_elbo"] for c in r["curve"]]
-                finals.append(values[-1])
-                style = dict(
-                    color=cmap(i % 20),
-                    marker="o",
-                    ms=3,
-                    label=name if j == 0 else None,
-                    ls="-" if name not in PYRO_ROWS else "--",
-                )
-                axes[0].plot(steps, values, **style)
-                axes[1].plot(seconds, values, **style)
-        low = min(finals)
-        for ax in axes:
-            ax.set_ylabel("validation -ELBO")
-            ax.set_ylim(low - 5, sorted(finals)[len(finals) // 2] + 40)
-        axes[0].set_xlabel("training steps")
-        axes[1].set_xlabel("seconds of training (2 CPU cores)")
-        axes[1].set_xscale("log")
-        axes[0].set_title(protocol + ": against steps")
-        axes[1].set_title(protocol + ": against time")
-        axes[1].legend(fontsize=7, ncol=2, loc="upper right")
+        order = list(dict.fromkeys(r["estimator"] for r in sorted(here, key=lambda r: r["estimator"])))
+        for epochs, axes in zip(groups, rows):
+            rs = [r for r in here if r["epochs"] == epochs]
+            names = [n for n in order if any(r["estimator"] == n for r in rs)]
+            finals = []
+            for name in names:
+                for j, r in enumerate(r for r in rs if r["estimator"] == name):
+                    steps = [c["step"] for c in r["curve"]]
+                    seconds = [c["seconds"] for c in r["curve"]]
+                    values = [c["validation_neg_elbo"] for c in r["curve"]]
+                    finals.append(values[-1])
+                    style = dict(
+                        color=cmap(order.index(name) % 20),
+                        marker="o",
+                        ms=3,
+                        label=name if j == 0 else None,
+                        ls="-" if name not in PYRO_ROWS else "--",
+                    )
+                    axes[0].plot(steps, values, **style)
+                    axes[1].plot(seconds, values, **style)
+            low = min(finals)
+            top = max(c["validation_neg_elbo"] for r in rs for c in r["curve"])
+            for ax in axes:
+                ax.set_ylabel("validation -ELBO")
+                ax.set_ylim(low - 3, min(top + 3, sorted(finals)[len(finals) // 2] + 60))
+            axes[0].set_xlabel("training steps")
+            axes[1].set_xlabel("seconds of training (2 CPU cores)")
+            axes[1].set_xscale("log")
+            title = "{}, {} epoch{}".format(protocol, epochs, "s" if epochs > 1 else "")
+            axes[0].set_title(title + ": against steps")
+            axes[1].set_title(title + ": against time")
+            axes[1].legend(fontsize=7, ncol=2, loc="upper right")
         fig.tight_layout()
         fig.savefig(os.path.join(out, "leaderboard_{}.png".format(protocol)), dpi=100)
         plt.close(fig)
