@@ -99,7 +99,7 @@ PAPERS = {
         122.1,
         "validation -ELBO",
         10,
-        "ARSM official training log, epoch index 9 (../shared/NOTES.md); 87 after 1000 epochs",
+        "the training log of the ARSM authors' official code, epoch index 9; 87 after 1000 epochs",
     ),
 }
 
@@ -416,13 +416,14 @@ def report(out):
         p = PROTOCOLS[protocol]
         lines += [
             "",
-            "## {}: {} x {} latents, batch {}, Adam {:g}, {} epochs".format(
+            "## {}: {} x {} latents, batch {}, Adam {:g}, {} epoch{}".format(
                 protocol,
                 p["latents"],
                 p["categories"] if p["categories"] > 2 else "Bernoulli",
                 p["batch"],
                 p["lr"],
                 rs[0]["epochs"],
+                "s" if rs[0]["epochs"] > 1 else "",
             ),
             "",
             "`python benchmarks/leaderboard.py --protocol {} --epochs {}` (runs with `--estimators ...` and "
