@@ -35,7 +35,9 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.mathjax", "sphinx.ext.viewcode"]
 
 html_theme = "furo"
 html_title = "pyro_discrete {}".format(release)
-html_static_path = []
+html_static_path = ["_static"]
+#: the decision table keeps to the page: its column widths are honoured and long literals wrap
+html_css_files = ["tables.css"]
 
 source_suffix = {".rst": "restructuredtext"}
 root_doc = "index"

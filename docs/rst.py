@@ -74,12 +74,14 @@ def rubric(text):
     return [".. rubric:: " + inline(text), ""]
 
 
-def list_table(header, rows, widths=None):
-    """A ``list-table`` directive; cells are reST already."""
+def list_table(header, rows, widths=None, css_class=None):
+    """A ``list-table`` directive; cells are reST already. ``css_class``: an HTML class for the table."""
     ncols = max([len(header)] + [len(r) for r in rows])
     lines = [".. list-table::", "   :header-rows: 1"]
     if widths:
         lines.append("   :widths: " + " ".join(str(w) for w in widths))
+    if css_class:
+        lines.append("   :class: " + css_class)
     lines.append("")
     for row in [header] + rows:
         row = list(row) + [""] * (ncols - len(row))
