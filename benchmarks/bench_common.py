@@ -141,6 +141,28 @@ class BernoulliVAE(nn.Module):
             pyro.sample("z", dist.Bernoulli(logits=self.encoder(x)).to_event(1))
 
 
+def control_variate_step(elbo, lr):
+    """
+    A function ``step(model, guide, args)`` that takes one Adam step (at ``lr``) of the estimator's own
+    auxiliary parameters only (learned control variates, neural baselines), on the variance objective its
+    surrogate carries, leaving the model's and guide's parameters as they are; ``None`` when the estimator
+    has no such parameters.
+    """
+    params = [p for m in elbo.surrogate.auxiliary_modules().values() for p in m.parameters() if p.requires_grad]
+    if not params:
+        return None
+    optim = torch.optim.Adam(params, lr=lr)
+
+    def step(model, guide, args):
+        _, surrogate = elbo._loss_and_surrogate(model, guide, args, {}, update=True)
+        optim.zero_grad()
+        for p, g in zip(params, torch.autograd.grad(surrogate, params, allow_unused=True)):
+            p.grad = g
+        optim.step()
+
+    return step
+
+
 def time_interleaved(contenders, warmup=5, rounds=5, steps_per_round=10, sync=None):
     """
     ``contenders``: dict name -> zero-argument step function. Runs them in

@@ -312,7 +312,7 @@ def main(argv=None):
     rows = []
     for name in names:
         rows.extend(run_estimator(name, particles[name], args, train_x, heldout, grad_batch, device, bar_factory))
-        write_outputs(rows, args.out)  # after each estimator: a later failure keeps what was measured
+        files = write_outputs(rows, args.out)  # after each estimator: a later failure keeps what was measured
         last = rows[-1]
         print(
             "{:>11}: held-out -ELBO {:.2f}  -log p(x) {:.2f}  encoder variance {:.4g}  squared bias {:.3g}  "
@@ -326,7 +326,6 @@ def main(argv=None):
             ),
             flush=True,
         )
-    files = write_outputs(rows, args.out)
     print("wrote", ", ".join(files))
     return 0
 

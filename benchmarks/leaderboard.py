@@ -286,20 +286,17 @@ def run(protocol, name, seed, args, data, path, bar_factory):
             svi.step(x)
             busy += time.perf_counter() - start
             bar.update(1)
-            part = (i + 1) * checks // steps_per_epoch
-            if i + 1 < steps_per_epoch and part != i * checks // steps_per_epoch:
+            part = (i + 1) * checks // steps_per_epoch  # the last step of an epoch always starts a new part
+            if part != i * checks // steps_per_epoch:
+                value = neg_elbo(vae, validation)
                 record["curve"].append(
                     {
-                        "epoch": epoch + part / checks,
+                        "epoch": epoch + part / checks if part < checks else epoch + 1,
                         "step": epoch * steps_per_epoch + i + 1,
                         "seconds": busy,
-                        "validation_neg_elbo": neg_elbo(vae, validation),
+                        "validation_neg_elbo": value,
                     }
                 )
-        value = neg_elbo(vae, validation)
-        record["curve"].append(
-            {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "seconds": busy, "validation_neg_elbo": value}
-        )
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(validation="{:.2f}".format(value))
         if epoch == 0 or epoch == args.epochs - 1:

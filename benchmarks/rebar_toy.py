@@ -41,6 +41,10 @@ from pyro_discrete.diagnostics import gradient_statistics
 from pyro_discrete.registry import REGISTRY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_common import control_variate_step  # noqa: E402
+
 RESULTS = os.path.join(HERE, "results", "rebar_toy")
 TARGET = 0.499
 
@@ -87,16 +91,19 @@ def variance(elbo, draws):
     return stats.total_variance, stats.evaluations_per_draw
 
 
+def _fresh(make):
+    """A new estimator from ``make`` at theta = 0, with a clean param store and seed 0."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.param("theta", torch.tensor(0.0))
+    return make()
+
+
 def control_variate_learning(steps, every, draws, lr):
     rows = []
     for label, make in ESTIMATORS.items():
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        pyro.param("theta", torch.tensor(0.0))
-        elbo = make()
-        modules = elbo.surrogate.auxiliary_modules()
-        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-        optim = torch.optim.Adam(params, lr=lr) if params else None
+        elbo = _fresh(make)
+        learn = control_variate_step(elbo, lr)
         for step in range(steps + 1):
             if step % every == 0:
                 v, evaluations = variance(elbo, draws)
@@ -110,14 +117,8 @@ def control_variate_learning(steps, every, draws, lr):
                         "expected_cost": expected_cost(0.0),
                     }
                 )
-            if optim is None:  # nothing learns: the variance stays where it is
-                continue
-            loss, surrogate = elbo._loss_and_surrogate(model, guide, (), {}, update=True)
-            optim.zero_grad()
-            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = g
-            optim.step()
+            if learn is not None:  # otherwise nothing learns: the variance stays where it is
+                learn(model, guide, ())
         print(
             "control variate: {:<24} variance {:.3g} -> {:.3g}".format(
                 label, rows[-(steps // every) - 1]["variance"], rows[-1]["variance"]
@@ -130,10 +131,7 @@ def control_variate_learning(steps, every, draws, lr):
 def training(steps, every, draws, lr):
     rows = []
     for label, make in ESTIMATORS.items():
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        pyro.param("theta", torch.tensor(0.0))
-        elbo = make()
+        elbo = _fresh(make)
         svi = SVI(model, guide, Adam({"lr": lr}), loss=elbo)
         for step in range(steps + 1):
             if step % every == 0:

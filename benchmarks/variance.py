@@ -47,7 +47,7 @@ from pyro_discrete import ExpectELBO, TraceScoreELBO  # noqa: E402
 from pyro_discrete.diagnostics import gradient_statistics  # noqa: E402
 from pyro_discrete.registry import REGISTRY  # noqa: E402
 
-from bench_common import BernoulliVAE, DiscreteVAE, benchmark_data  # noqa: E402
+from bench_common import BernoulliVAE, DiscreteVAE, benchmark_data, control_variate_step  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "variance")
 
@@ -116,17 +116,12 @@ def warm_up(elbo, model, guide, args, steps=200):
     A stateful estimator's state at these parameters: its moving averages filled, its control variates
     trained (Adam on their parameters only), before it is measured.
     """
-    modules = elbo.surrogate.auxiliary_modules()
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    optim = torch.optim.Adam(params, lr=1e-2) if params else None
-    for _ in range(steps if params else 20):
-        loss, surrogate = elbo._loss_and_surrogate(model, guide, args, {}, update=True)
-        if optim is not None:
-            optim.zero_grad()
-            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = g
-            optim.step()
+    learn = control_variate_step(elbo, lr=1e-2)
+    for _ in range(steps if learn is not None else 20):
+        if learn is not None:
+            learn(model, guide, args)
+        else:  # moving averages only
+            elbo._loss_and_surrogate(model, guide, args, {}, update=True)
 
 
 def measure(setting, draws, names):
