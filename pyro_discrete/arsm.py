@@ -7,8 +7,9 @@ import torch
 
 from .costs import broadcast_cost, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error
+from .errors import EstimatorError
 from .samplers import Sampler
+from .structure import LEFT_DIMS, check_assumptions
 from .traces import score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, site_kind, site_logits
 
@@ -202,6 +203,13 @@ class PseudoActionGradient(Surrogate):
     rest.
     """
 
+    assumes = frozenset([LEFT_DIMS])
+
+    def check_structure(self, structure):
+        # a Bernoulli site's pseudo-action is one row: a model that reduces over the row dim mixes nothing
+        names = [name for name, site in structure.sites.items() if site.kind != BERNOULLI]
+        return check_assumptions(self.assumes, structure, names)
+
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
     def __init__(self, binary="disarm"):
@@ -211,9 +219,7 @@ class PseudoActionGradient(Surrogate):
 
     def bind(self, elbo):
         if elbo.track_dependencies:
-            raise ValueError(
-                estimator_error(elbo, "track_dependencies is not supported; costs are Rao-Blackwellized by plates.")
-            )
+            raise EstimatorError(elbo, "track_dependencies is not supported; costs are Rao-Blackwellized by plates.")
 
     def __call__(self, particles, step):
         _, surrogate_elbo = particles.pathwise_terms()
@@ -228,7 +234,9 @@ class PseudoActionGradient(Surrogate):
             groups = pair.cost_terms()
             for name, site in sites:
                 kind, site_noise, logits = noise[name]
-                f_true = broadcast_cost(cost_to_frames(groups, site), site["fn"].batch_shape)
+                f_true = broadcast_cost(
+                    cost_to_frames(groups, site, widened=step.widened(name)), site["fn"].batch_shape
+                )
                 grad = _logit_gradient(kind, site_noise, logits, site["value"], f_true, replayed[name], self.binary)
                 surrogate = surrogate + (grad.detach() * logits).sum()
         return surrogate / particles.num_particles

@@ -35,6 +35,7 @@ from pyro.distributions.util import detach
 
 from .auxiliary import Auxiliary
 from .costs import site_scale
+from .errors import EstimatorError
 from .util import BERNOULLI, CATEGORICAL, ONEHOT, innermost_distribution, site_kind, site_logits
 
 __all__ = [
@@ -278,14 +279,20 @@ class TraceGraphBaseline:
     def check(self, owner, name, options):
         unknown = set(options) - set(self.KEYS)
         if unknown:
-            raise ValueError(
-                "{}: guide site '{}' has unrecognized baseline options {}; the keys are {}".format(
-                    owner, name, sorted(unknown), ", ".join(self.KEYS)
-                )
+            raise EstimatorError(
+                owner,
+                "guide site '{}' has unrecognized baseline options {}; the keys are {}".format(
+                    name, sorted(unknown), ", ".join(self.KEYS)
+                ),
+                sites=(name,),
+                requirement="baseline_options",
             )
         if options.get("nn_baseline") is not None and options.get("baseline_value") is not None:
-            raise ValueError(
-                "{}: guide site '{}' gives both nn_baseline and baseline_value; use one".format(owner, name)
+            raise EstimatorError(
+                owner,
+                "guide site '{}' gives both nn_baseline and baseline_value; use one".format(name),
+                sites=(name,),
+                requirement="baseline_options",
             )
 
     def __call__(self, score_site, options):

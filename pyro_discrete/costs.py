@@ -62,14 +62,19 @@ def cost_terms(model_trace, guide_trace, track_dependencies=False, detach=True):
     return groups
 
 
-def cost_to_frames(groups, site, track_dependencies=False):
+def cost_to_frames(groups, site, track_dependencies=False, widened=frozenset()):
     """
     The share of the terms of :func:`cost_terms` that ``site`` can influence:
     every term summed over the plates the site is not in. Returns a tensor, or
     ``None`` when no term depends on the site.
+
+    :param widened: ``(plate name, dim)`` frames of the site over which its
+        cost is summed too, because terms in one element of that plate depend
+        on the site's value in other elements (found by
+        :mod:`~pyro_discrete.structure`).
     """
     name = site["name"]
-    target = vectorized_frames(site)
+    target = vectorized_frames(site) - widened
     cost = None
     for key, value in groups.items():
         if track_dependencies:
@@ -100,7 +105,7 @@ def site_shape(site):
     return score_function.shape if torch.is_tensor(score_function) else site["log_prob"].shape
 
 
-def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups=None):
+def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups=None, widened=None):
     """
     The cost that each named guide site can influence, per particle and per
     element of the site's plates, detached and broadcast to the shape of the
@@ -108,6 +113,8 @@ def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups
 
     :param list names: names of guide sites.
     :param dict groups: the :func:`cost_terms` of the traces, when already computed.
+    :param widened: ``f(name)``, the frames over which a site's cost is summed
+        too (see :func:`cost_to_frames`); default none.
     :returns: dict from name to a detached tensor.
     """
     if not names:
@@ -117,7 +124,7 @@ def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups
     costs = {}
     for name in names:
         site = guide_trace.nodes[name]
-        cost = cost_to_frames(groups, site, track_dependencies)
+        cost = cost_to_frames(groups, site, track_dependencies, frozenset() if widened is None else widened(name))
         shape = site_shape(site)
         costs[name] = site["log_prob"].new_zeros(shape) if cost is None else broadcast_cost(cost, shape)
     return costs

@@ -30,8 +30,9 @@ from pyro.ops.provenance import detach_provenance
 from pyro.util import warn_if_nan
 
 from .compile import CompileCache
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
 from .samplers import IIDSampler
+from .structure import PARTICLE_PLATE, analyze
 from .surrogate import Particles, ScoreSite, Step, Surrogate, TracePair
 from .traces import (
     StructureChecks,
@@ -112,9 +113,7 @@ class DiscreteELBO(ELBO):
         **kwargs,
     ):
         if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
-            raise ValueError(
-                estimator_error(self, "num_particles must be a positive integer, got {!r}".format(num_particles))
-            )
+            raise EstimatorError(self, "num_particles must be a positive integer, got {!r}".format(num_particles))
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -122,16 +121,14 @@ class DiscreteELBO(ELBO):
             **kwargs,
         )
         if surrogate is None:
-            raise ValueError(estimator_error(self, "a surrogate is required"))
+            raise EstimatorError(self, "a surrogate is required")
         self.track_dependencies = track_dependencies
         self.jit_compile = jit_compile
         if jit_compile and track_dependencies:
-            raise ValueError(
-                estimator_error(
-                    self,
-                    "jit_compile=True cannot trace the provenance tracking of track_dependencies=True; "
-                    "use one or the other.",
-                )
+            raise EstimatorError(
+                self,
+                "jit_compile=True cannot trace the provenance tracking of track_dependencies=True; "
+                "use one or the other.",
             )
         self.sampler = sampler
         self.loss_sampler = sampler if loss_sampler is None else loss_sampler
@@ -144,6 +141,7 @@ class DiscreteELBO(ELBO):
         self._compiled = CompileCache()
         self._warned_infer_keys = set()
         self._replay_checks = StructureChecks()
+        self._structures = {}
         surrogate.bind(self)
 
     # ------------------------------------------------------------------
@@ -188,7 +186,118 @@ class DiscreteELBO(ELBO):
                 if getattr(sampler, "needs_plate_nesting", False) and not self._is_own_error(e):
                     self._explain_enumeration_failure(e, step, sampler)
                 raise
+        step.structure = self._structure(step, pairs[0], analyze_now=for_gradient)
         return Particles(pairs, self.num_particles, self.track_dependencies, step)
+
+    # ------------------------------------------------------------------
+    # the structural analysis
+    # ------------------------------------------------------------------
+    @property
+    def structure(self):
+        """
+        The :class:`~pyro_discrete.structure.Structure` of the last model and
+        guide this ELBO ran (``None`` before the first step): per discrete
+        guide site, the plates its cost was widened over and what it reaches.
+        """
+        return self._last_structure
+
+    _last_structure = None
+
+    def _structure(self, step, pair, analyze_now=True):
+        """
+        The structure of this step's model and guide: analyzed on the first
+        gradient step of each, then checked (``loss()`` runs no analysis: it
+        evaluates the model once per particle and nothing else).
+        """
+        signature = (
+            step.model,
+            step.guide,
+            pair.particle_dim,
+            tuple((name, tuple(site["log_prob"].shape)) for name, site in sample_sites(pair.guide_trace)),
+            tuple((name, tuple(site["log_prob"].shape)) for name, site in sample_sites(pair.model_trace)),
+        )
+        try:
+            structure = self._structures.get(signature, _UNSEEN)
+        except TypeError:  # unhashable model or guide: analyzed at every step
+            signature, structure = None, _UNSEEN
+        if structure is _UNSEEN:
+            if not analyze_now:
+                return None
+            structure = self._analyze(step, pair)
+            if structure is not None:
+                self._check_structure(structure, pair)
+            if signature is not None:
+                self._structures[signature] = structure
+        self._last_structure = structure
+        return structure
+
+    def _analyze(self, step, pair):
+        # without vectorized particles, inside a plate of two copies left of every plate, so that a model that
+        # reduces over such dims (z.sum()) shows it; a model that does not broadcast is analyzed as it is
+        runs = [(pair.model, pair.guide)]
+        if pair.particle_dim is None:
+            depth = max(
+                [
+                    -f.dim
+                    for t in (pair.model_trace, pair.guide_trace)
+                    for _, site in sample_sites(t)
+                    for f in site["cond_indep_stack"]
+                    if f.vectorized
+                ]
+                + [0]
+            )
+            if self.max_plate_nesting != float("inf"):
+                depth = max(depth, self.max_plate_nesting)
+            dim = -depth - 1
+            runs.insert(0, (_in_plate(pair.model, dim), _in_plate(pair.guide, dim)))
+        for model, guide in runs:
+            try:
+                return analyze(model, guide, step.args, step.kwargs)
+            except Exception:  # noqa: BLE001 -- a model the analysis cannot replay: the estimators' own checks apply
+                continue
+        return None
+
+    def _check_structure(self, structure, pair):
+        """Raises an :class:`~pyro_discrete.errors.EstimatorError` for what the estimator cannot take."""
+        from .registry import alternatives
+
+        mixed = structure.mixed_particles()
+        if pair.particle_dim is not None and mixed:
+            name, term = mixed[0]
+            looped = alternatives(self, structure, vectorized=False)
+            raise EstimatorError(
+                self,
+                "{} depends on the values of guide site '{}' in more than one vectorized particle (the model "
+                "or guide reduces over the particle dim {}, e.g. z.sum() over every dim), so the particles "
+                "would be mixed and the gradient wrong. Reduce over the plate dims only (z.sum(-1) on the "
+                "plate's dim), or pass vectorize_particles=False to run the particles one after another{}.".format(
+                    term[:1].upper() + term[1:],
+                    name,
+                    pair.particle_dim,
+                    " ({} take that)".format(", ".join(looped)) if looped else "",
+                ),
+                sites=(name,),
+                requirement="particles_not_mixed",
+                alternatives=looped,
+            )
+        failure = self.surrogate.check_structure(structure)
+        if failure is not None:
+            sites, requirement, message = failure
+            names = alternatives(self, structure, vectorized=pair.particle_dim is not None)
+            raise EstimatorError(
+                self,
+                "{} {}.".format(
+                    message,
+                    "Use {}{}".format(
+                        ", ".join(names), " with vectorize_particles=False" if structure.mixed_particles() else ""
+                    )
+                    if names
+                    else "No registered estimator takes it",
+                ),
+                sites=sites,
+                requirement=requirement,
+                alternatives=names,
+            )
 
     def _trace(self, model, guide, step, sampler_class, num_particles, particle_dim):
         sampler = sampler_class(self)
@@ -223,16 +332,14 @@ class DiscreteELBO(ELBO):
                 shape = site["log_prob"].shape
                 extra = shape[: max(0, len(shape) - self.max_plate_nesting)]
                 if any(size > 1 for size in extra):
-                    raise ValueError(
-                        estimator_error(
-                            self,
-                            "the model or guide does not broadcast over the vectorized particles: the log-density "
-                            "of site '{}' has shape {}, with batch dims left of the particle plate (at dim {}), "
-                            "so particles would be mixed (e.g. a .to_event vector combined with plate-batched "
-                            "values). Make it broadcast, or pass vectorize_particles=False.".format(
-                                name, tuple(shape), -self.max_plate_nesting
-                            ),
-                        )
+                    raise EstimatorError(
+                        self,
+                        "the model or guide does not broadcast over the vectorized particles: the log-density "
+                        "of site '{}' has shape {}, with batch dims left of the particle plate (at dim {}), "
+                        "so particles would be mixed (e.g. a .to_event vector combined with plate-batched "
+                        "values). Make it broadcast, or pass vectorize_particles=False.".format(
+                            name, tuple(shape), -self.max_plate_nesting
+                        ),
                     )
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -243,24 +350,22 @@ class DiscreteELBO(ELBO):
 
     def _is_own_error(self, error):
         # an error of this package's (an unsupported structure), or a NotImplementedError: not about shapes
-        return isinstance(error, NotImplementedError) or str(error).startswith(type(self).__name__ + ":")
+        return isinstance(error, (EstimatorError, NotImplementedError))
 
     def _explain_enumeration_failure(self, error, step, sampler):
         """After a run that enumerates sites left of the plates failed: say that the model must broadcast."""
-        raise ValueError(
-            estimator_error(
-                self,
-                "enumerates the guide's discrete sites along batch dims left of the plates (from dim {}), and "
-                "the run failed{}: the model and guide must broadcast over those dims, as for Pyro's parallel "
-                "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims), "
-                "or {}. The error was: {}: {}".format(
-                    -self.max_plate_nesting - 1,
-                    self._failing_site(step, sampler, vectorized=False),
-                    suggest(exclude=self, require=lambda e: e.cost == "particles" and e.objective == "elbo"),
-                    type(error).__name__,
-                    error,
-                ),
-            )
+        raise EstimatorError(
+            self,
+            "enumerates the guide's discrete sites along batch dims left of the plates (from dim {}), and "
+            "the run failed{}: the model and guide must broadcast over those dims, as for Pyro's parallel "
+            "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims), "
+            "or {}. The error was: {}: {}".format(
+                -self.max_plate_nesting - 1,
+                self._failing_site(step, sampler, vectorized=False),
+                suggest(exclude=self, require=lambda e: e.cost == "particles" and e.objective == "elbo"),
+                type(error).__name__,
+                error,
+            ),
         ) from error
 
     def _explain_broadcast_failure(self, error, step, sampler):
@@ -277,21 +382,19 @@ class DiscreteELBO(ELBO):
             if self._is_own_error(other):  # a structure this estimator refuses anyway: say that
                 raise other from error
             return  # the failure is not about particles: re-raise the original
-        raise ValueError(
-            estimator_error(
-                self,
-                "the model or guide does not broadcast over the vectorized particles "
-                "(plate 'num_particles_vectorized' of size {} at dim {}){}; with one particle it runs. "
-                "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
-                "x[z], networks that accept extra leading dims), or pass vectorize_particles=False to run "
-                "the particles one after another. The error was: {}: {}".format(
-                    self.num_particles,
-                    -self.max_plate_nesting,
-                    self._failing_site(step, sampler),
-                    type(error).__name__,
-                    error,
-                ),
-            )
+        raise EstimatorError(
+            self,
+            "the model or guide does not broadcast over the vectorized particles "
+            "(plate 'num_particles_vectorized' of size {} at dim {}){}; with one particle it runs. "
+            "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
+            "x[z], networks that accept extra leading dims), or pass vectorize_particles=False to run "
+            "the particles one after another. The error was: {}: {}".format(
+                self.num_particles,
+                -self.max_plate_nesting,
+                self._failing_site(step, sampler),
+                type(error).__name__,
+                error,
+            ),
         ) from error
 
     def _failing_site(self, step, sampler, vectorized=True):
@@ -323,7 +426,7 @@ class DiscreteELBO(ELBO):
         if self.jit_compile:
             reason = self._jit_unsupported()
             if reason is not None:
-                raise ValueError(estimator_error(self, "jit_compile=True is not supported: " + reason))
+                raise EstimatorError(self, "jit_compile=True is not supported: " + reason)
             if self.max_plate_nesting == float("inf"):
                 self._guess_max_plate_nesting(model, guide, args, kwargs)
             loss, surrogate = self._compiled(self, model, guide, args, kwargs, update)
@@ -426,6 +529,17 @@ class DiscreteELBO(ELBO):
         modules = self.surrogate.auxiliary_modules()
         for name, module_state in state.get("auxiliary", {}).items():
             modules[name].load_state_dict(module_state)
+
+
+_UNSEEN = object()
+
+
+def _in_plate(fn, dim):
+    def wrapped(*args, **kwargs):
+        with pyro.plate(PARTICLE_PLATE, 2, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 class _LastSite(pyro.poutine.messenger.Messenger):

@@ -5,7 +5,41 @@ suggestions come from the registry (:mod:`pyro_discrete.registry`), so a new
 estimator appears in them by being registered.
 """
 
-__all__ = ["estimator_error", "suggest"]
+__all__ = ["EstimatorError", "estimator_error", "suggest"]
+
+
+def _estimator_name(elbo):
+    if elbo is None:
+        return None
+    if isinstance(elbo, str):
+        return elbo
+    if isinstance(elbo, type):
+        return elbo.__name__
+    return type(elbo).__name__
+
+
+class EstimatorError(ValueError, NotImplementedError):
+    """
+    A model/guide structure or an option that an estimator cannot take. It is a
+    :class:`ValueError` and a :class:`NotImplementedError` (the builtins a
+    caller of an ELBO would catch), and carries what failed as data:
+
+    :ivar str estimator: the estimator's class name.
+    :ivar tuple sites: the guide or model sites concerned.
+    :ivar str requirement: a short key of the requirement that failed (e.g.
+        ``"particles_not_mixed"``, ``"replayable_per_element"``, ``"site_kind"``).
+    :ivar tuple alternatives: registry names of estimators that take the structure.
+
+    ``str(error)`` is the message, prefixed with the estimator's name.
+    """
+
+    def __init__(self, estimator, message, sites=(), requirement=None, alternatives=()):
+        self.estimator = _estimator_name(estimator)
+        self.sites = tuple(sites)
+        self.requirement = requirement
+        self.alternatives = tuple(alternatives)
+        self.message = message
+        super().__init__(message if self.estimator is None else "{}: {}".format(self.estimator, message))
 
 
 def estimator_error(elbo, message):

@@ -8,8 +8,9 @@ import math
 import torch
 
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
 from .samplers import Sampler
+from .structure import LEFT_DIMS, PER_ELEMENT
 from .traces import StructureChecks, check_dims_follow_provenance
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, OTHER, innermost_distribution, sample_sites, total
 
@@ -83,43 +84,37 @@ class EnumerateSampler(Sampler):
     def draw(self, msg):
         fn = msg["fn"]
         if "enumerate" in msg["infer"] and not msg["infer"]["enumerate"]:
-            raise ValueError(
-                estimator_error(
-                    self.elbo,
-                    "guide site '{}' is marked infer={{'enumerate': {!r}}} (not to be enumerated), but this "
-                    "estimator sums over every discrete guide site. Remove the mark, or {} (they sample "
-                    "it).".format(msg["name"], msg["infer"]["enumerate"], suggest(exclude=self.elbo)),
-                )
+            raise EstimatorError(
+                self.elbo,
+                "guide site '{}' is marked infer={{'enumerate': {!r}}} (not to be enumerated), but this "
+                "estimator sums over every discrete guide site. Remove the mark, or {} (they sample "
+                "it).".format(msg["name"], msg["infer"]["enumerate"], suggest(exclude=self.elbo)),
             )
         support = joint_support(fn)
         if support is None:
             if getattr(fn, "has_rsample", False):
                 return  # continuous: sampled, pathwise gradient
-            raise NotImplementedError(
-                estimator_error(
-                    self.elbo,
-                    "guide site '{}' ({}) can neither be enumerated nor reparameterized; {}.".format(
-                        msg["name"], type(innermost_distribution(fn)).__name__, suggest(OTHER, exclude=self.elbo)
-                    ),
-                )
+            raise EstimatorError(
+                self.elbo,
+                "guide site '{}' ({}) can neither be enumerated nor reparameterized; {}.".format(
+                    msg["name"], type(innermost_distribution(fn)).__name__, suggest(OTHER, exclude=self.elbo)
+                ),
             )
         size, make = support
         if self.evaluations * size > self.budget:
             earlier = ", ".join("'{}': {}".format(k, v) for k, v in self.sizes.items())
-            raise ValueError(
-                estimator_error(
-                    self.elbo,
-                    "enumerating guide site '{}' ({} values) would make {} joint configurations "
-                    "of the discrete guide sites per plate element{}, over budget={}. Enumeration is "
-                    "exact but its cost grows with the product of the support sizes: {}.".format(
-                        msg["name"],
-                        size,
-                        self.evaluations * size,
-                        " (with {})".format(earlier) if earlier else "",
-                        self.budget,
-                        _over_budget_advice(self.evaluations * size, self.budget, self.elbo),
-                    ),
-                )
+            raise EstimatorError(
+                self.elbo,
+                "enumerating guide site '{}' ({} values) would make {} joint configurations "
+                "of the discrete guide sites per plate element{}, over budget={}. Enumeration is "
+                "exact but its cost grows with the product of the support sizes: {}.".format(
+                    msg["name"],
+                    size,
+                    self.evaluations * size,
+                    " (with {})".format(earlier) if earlier else "",
+                    self.budget,
+                    _over_budget_advice(self.evaluations * size, self.budget, self.elbo),
+                ),
             )
         self.evaluations *= size
         dim = self.next_dim
@@ -194,6 +189,8 @@ class Expectation(Surrogate):
     its value is the loss, and it is its own surrogate.
     """
 
+    assumes = frozenset([LEFT_DIMS, PER_ELEMENT])
+
     honored_infer_keys = ("enumerate",)
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
@@ -243,7 +240,6 @@ class Expectation(Surrogate):
                         stack.append(parent)
             return sorted(result, key=lambda n: -dims[n])
 
-        num_plate_dims = pair.sampler.elbo.max_plate_nesting
         elbo = 0.0
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for name, site in sample_sites(trace):
@@ -253,7 +249,7 @@ class Expectation(Surrogate):
                     elbo = elbo + sign * term.sum()
                     continue
                 log_weight = total([log_q[n] for n in needed])
-                self._check_plates(pair.sampler.elbo, name, term, needed, log_q, num_plate_dims)
+                self._check_plates(pair.sampler.elbo, name, site, needed, guide_trace)
                 shape = torch.broadcast_shapes(term.shape, log_weight.shape)
                 term = term.expand(shape)
                 log_weight = log_weight.expand(shape)
@@ -264,25 +260,29 @@ class Expectation(Surrogate):
                 elbo = elbo + sign * (log_weight.exp() * term).sum()
         return elbo
 
-    def _check_plates(self, elbo, name, term, needed, log_q, num_plate_dims):
-        # the plate dims (rightmost num_plate_dims of the batch) of every needed
-        # guide site must be plates of the term too
+    def _check_plates(self, elbo, name, site, needed, guide_trace):
+        # every plate of size > 1 of every needed guide site must be a plate of the term too, by name: a term in
+        # another plate on the same dim (sequential plates) would be multiplied element by element with it
+        frames = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized}
         for site_name in needed:
-            lq = log_q[site_name]
-            for i in range(1, min(num_plate_dims, lq.dim()) + 1):
-                if lq.shape[-i] > 1 and (term.dim() < i or term.shape[-i] == 1):
-                    raise ValueError(
-                        estimator_error(
-                            elbo,
-                            "site '{}' is outside a plate (batch dim {}) that the enumerated "
-                            "guide site '{}' is in, and depends on it; exact enumeration "
-                            "cannot sum over the joint of all plate elements. Move '{}' into the "
-                            "plate, or {}.".format(
-                                name,
-                                -i,
-                                site_name,
-                                name,
-                                suggest(exclude=elbo, require=lambda e: e.objective == "elbo"),
-                            ),
-                        )
-                    )
+            for f in guide_trace.nodes[site_name]["cond_indep_stack"]:
+                if not f.vectorized or f.size <= 1 or (f.name, f.dim) in frames:
+                    continue
+                raise EstimatorError(
+                    elbo,
+                    "site '{}' is outside plate '{}' (batch dim {}) that the enumerated guide site '{}' is in, "
+                    "and depends on it; exact enumeration cannot sum over the joint of all plate elements. "
+                    "Move '{}' into the plate, or {}.".format(
+                        name,
+                        f.name,
+                        f.dim,
+                        site_name,
+                        name,
+                        suggest(
+                            exclude=elbo,
+                            require=lambda e: e.objective == "elbo" and PER_ELEMENT not in e.make().surrogate.assumes,
+                        ),
+                    ),
+                    sites=(site_name, name),
+                    requirement=PER_ELEMENT,
+                )

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from .costs import broadcast_cost, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error
+from .errors import EstimatorError
 from .samplers import IIDSampler
+from .structure import LEFT_DIMS, PER_ELEMENT
 from .traces import score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, latent_shape, site_kind, site_logits
 
@@ -50,11 +51,13 @@ class CatLogDerivative(Surrogate):
     per trace), applied as :math:`\\sum_{k,c} q_k(c)\\,\\overline{f(x^{(k\\leftarrow c)})}`.
     """
 
+    assumes = frozenset([LEFT_DIMS, PER_ELEMENT])
+
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
     def bind(self, elbo):
         if elbo.track_dependencies:
-            raise ValueError(estimator_error(elbo, "track_dependencies is not supported; costs are Rao-Blackwellized"))
+            raise EstimatorError(elbo, "track_dependencies is not supported; costs are Rao-Blackwellized")
 
     def __call__(self, particles, step):
         _, surrogate_elbo = particles.pathwise_terms()
@@ -89,7 +92,7 @@ class CatLogDerivative(Surrogate):
             for name, site in sites:
                 probs, current, other, K, C = layouts[name]
                 batch = site["fn"].batch_shape
-                f_sample = broadcast_cost(cost_to_frames(groups, site), batch)  # batch
+                f_sample = broadcast_cost(cost_to_frames(groups, site, widened=step.widened(name)), batch)  # batch
                 costs = replayed[name].reshape((K, C - 1) + batch)
                 table = f_sample.unsqueeze(0).unsqueeze(0).expand((K, C) + batch).clone()
                 table.scatter_(1, other, costs)  # (K, C) + batch: the cost of every category of every latent

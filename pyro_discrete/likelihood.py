@@ -32,7 +32,7 @@ from pyro import poutine
 from pyro.ops.provenance import detach_provenance
 
 from .elbo import DiscreteELBO, Step, Surrogate
-from .errors import estimator_error
+from .errors import EstimatorError
 from .samplers import IIDSampler
 from .traces import ENUMERATION_KEYS
 from .util import sample_sites
@@ -184,12 +184,10 @@ def exact_log_likelihood(model, *args, budget=10000, **kwargs):
     (pair,) = particles.pairs
     for name, site in sample_sites(pair.guide_trace):
         if not site["is_observed"] and name not in pair.sampler.dims:
-            raise ValueError(
-                estimator_error(
-                    "exact_log_likelihood",
-                    "latent site '{}' is continuous: only discrete latents can be summed; use log_likelihood "
-                    "with a guide".format(name),
-                )
+            raise EstimatorError(
+                "exact_log_likelihood",
+                "latent site '{}' is continuous: only discrete latents can be summed; use log_likelihood "
+                "with a guide".format(name),
             )
     total = None
     for _, site in sample_sites(pair.model_trace):

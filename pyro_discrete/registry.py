@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
 
-__all__ = ["Estimator", "PYRO_ELBOS", "REGISTRY", "make", "names"]
+__all__ = ["Estimator", "PYRO_ELBOS", "REGISTRY", "alternatives", "make", "names"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,46 @@ def make(name, num_particles=None, **options):
     if num_particles is not None and entry.cost == "particles":
         options["num_particles"] = num_particles
     return entry.make(**options)
+
+
+def takes(entry, structure, vectorized=True):
+    """
+    Whether the registered estimator ``entry`` takes a model and guide of this
+    :class:`~pyro_discrete.structure.Structure`: the kinds of its discrete guide
+    sites, their number, the guide sites that depend on them, looped particles
+    when ``vectorized`` is false, and every assumption its surrogate checks
+    against the structure.
+    """
+    if structure.mixed_particles():  # only looped particles keep them apart
+        vectorized = False
+    if not vectorized and entry.vectorized_only:
+        return False
+    kinds = {s.kind for s in structure.sites.values()}
+    if not kinds <= entry.site_kinds:
+        return False
+    if entry.single_site and len(structure.sites) > 1:
+        return False
+    if not entry.guide_dependencies and any(s.dependents for s in structure.sites.values()):
+        return False
+    return entry.make().surrogate.check_structure(structure) is None
+
+
+def alternatives(elbo, structure, vectorized=True):
+    """
+    The registry names of the unbiased estimators of the ELBO that take this
+    structure (:func:`takes`), other than ``elbo``'s own class -- unless
+    ``vectorized`` is false and that class runs looped particles.
+    """
+    own = type(elbo)
+    found = []
+    for entry in REGISTRY.values():
+        if not entry.unbiased or entry.objective != "elbo":
+            continue
+        if entry.cls is own and vectorized:
+            continue
+        if takes(entry, structure, vectorized):
+            found.append(entry.name)
+    return found
 
 
 def _particles(evaluations, num_categories, num_latents):

@@ -12,12 +12,13 @@ from torch import nn
 from .auxiliary import Auxiliary
 from .costs import broadcast_cost, cost_terms, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error, suggest
-from .replay import Replay, _batch_dims
+from .errors import EstimatorError, suggest
+from .replay import Replay
 from .samplers import Sampler
 from .straight_through import _LinearModel, _LinearSite
+from .structure import LEFT_DIMS, PER_ELEMENT, UNMASKED
 from .traces import get_importance_traces, score_function_sites
-from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, site_kind, site_logits
+from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, batch_dims, site_kind, site_logits
 
 __all__ = ["RELAXELBO", "RELAXSampler", "RELAXSurrogate"]
 
@@ -120,6 +121,8 @@ class RELAXSurrogate(Surrogate):
     variance objective ``mean(g**2)`` for those parameters.
     """
 
+    assumes = frozenset([LEFT_DIMS, PER_ELEMENT, UNMASKED])
+
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
     def __init__(self, rebar, network, temperature, learn_temperature, eta, name):
@@ -131,19 +134,17 @@ class RELAXSurrogate(Surrogate):
 
     def bind(self, elbo):
         if elbo.track_dependencies:
-            raise ValueError(estimator_error(elbo, "track_dependencies is not supported"))
+            raise EstimatorError(elbo, "track_dependencies is not supported")
 
     def check_site(self, elbo, name, site):
         if self.rebar and site_kind(site["fn"]) == CATEGORICAL:
-            raise NotImplementedError(
-                estimator_error(
-                    elbo,
-                    "guide site '{}' is a Categorical (index) site: REBAR's control variate evaluates the model "
-                    "at relaxed (soft) values, which an index cannot be. Declare it OneHotCategorical, use "
-                    "RELAXELBO(control_variate=module) (a network only), or {}.".format(
-                        name, suggest(CATEGORICAL, exclude=elbo)
-                    ),
-                )
+            raise EstimatorError(
+                elbo,
+                "guide site '{}' is a Categorical (index) site: REBAR's control variate evaluates the model "
+                "at relaxed (soft) values, which an index cannot be. Declare it OneHotCategorical, use "
+                "RELAXELBO(control_variate=module) (a network only), or {}.".format(
+                    name, suggest(CATEGORICAL, exclude=elbo)
+                ),
             )
         super().check_site(elbo, name, site)
 
@@ -172,7 +173,7 @@ class RELAXSurrogate(Surrogate):
             for name, site in sites:
                 kind, logits, z, z_tilde = pair.sampler.relaxed[name]
                 batch = site["fn"].batch_shape
-                f_b = broadcast_cost(cost_to_frames(groups, site), batch).detach()
+                f_b = broadcast_cost(cost_to_frames(groups, site, widened=step.widened(name)), batch).detach()
                 c_z, c_tilde = self._control_variate(parameters, kind, soft[name], rebar_costs.get(name), batch)
                 d_log_q = self._score(kind, site, logits)
                 reduce = tuple(range(-(logits.dim() - len(batch)), 0))
@@ -215,7 +216,7 @@ class RELAXSurrogate(Surrogate):
         values, with gradients), in one batched replay: ``{name: (f(σ(z)), f(σ(z_tilde)))}``.
         """
         names = list(soft)
-        num_dims = _batch_dims(pair)
+        num_dims = batch_dims(pair)
         total = 2 * len(names)
         trace = pair.raw_guide_trace.copy()
         for i, name in enumerate(names):
@@ -244,7 +245,9 @@ class RELAXSurrogate(Surrogate):
         for i, name in enumerate(names):
             batch = pair.guide_trace.nodes[name]["fn"].batch_shape
             padded = (total,) + (1,) * (num_dims - len(batch)) + batch
-            cost = broadcast_cost(cost_to_frames(groups, guide_trace.nodes[name]), padded).reshape((total,) + batch)
+            cost = broadcast_cost(
+                cost_to_frames(groups, guide_trace.nodes[name], widened=step.widened(name)), padded
+            ).reshape((total,) + batch)
             costs[name] = (cost[2 * i], cost[2 * i + 1])
         step.evaluations += total * pair.num_particles
         return costs
@@ -332,12 +335,12 @@ class RELAXELBO(DiscreteELBO):
         rebar = control_variate == "rebar"
         if not rebar:
             if control_variate is not None and network is not None:
-                raise ValueError(estimator_error(self, "give the network as control_variate or network, not both"))
+                raise EstimatorError(self, "give the network as control_variate or network, not both")
             network = control_variate if control_variate is not None else network
             if network is None:
-                raise ValueError(estimator_error(self, "control_variate must be 'rebar', a module or a callable"))
+                raise EstimatorError(self, "control_variate must be 'rebar', a module or a callable")
         if not temperature > 0:
-            raise ValueError(estimator_error(self, "temperature must be positive, got {}".format(temperature)))
+            raise EstimatorError(self, "temperature must be positive, got {}".format(temperature))
         super().__init__(
             num_particles=num_particles,
             sampler=RELAXSampler,

@@ -13,9 +13,10 @@ from torch.distributions import Independent, constraints
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
 from .samplers import IIDSampler, Sampler
 from .straight_through import StraightThroughSampler
+from .structure import UNMASKED
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, innermost_distribution, latent_shape, site_kind
 
 __all__ = ["Pathwise", "RelaxedConcreteELBO", "RelaxedSampler", "exponential_decay"]
@@ -151,17 +152,17 @@ class Pathwise(Surrogate):
     particles.
     """
 
+    assumes = frozenset([UNMASKED])
+
     site_kinds = frozenset([BERNOULLI, ONEHOT, CONTINUOUS])
 
     def check_site(self, elbo, name, site):
         if site_kind(site["fn"]) == CATEGORICAL:
-            raise ValueError(
-                estimator_error(
-                    elbo,
-                    "guide site '{}' is a Categorical (integer index) site, which has no continuous "
-                    "relaxation. Declare it as OneHotCategorical (one-hot values; the model then "
-                    "receives one-hot vectors), or {}.".format(name, suggest(CATEGORICAL, exclude=elbo)),
-                )
+            raise EstimatorError(
+                elbo,
+                "guide site '{}' is a Categorical (integer index) site, which has no continuous "
+                "relaxation. Declare it as OneHotCategorical (one-hot values; the model then "
+                "receives one-hot vectors), or {}.".format(name, suggest(CATEGORICAL, exclude=elbo)),
             )
         super().check_site(elbo, name, site)
 
@@ -251,16 +252,12 @@ class RelaxedConcreteELBO(DiscreteELBO):
         **kwargs,
     ):
         if straight_through not in (False, True, "reinmax", "gumbel_rao"):
-            raise ValueError(
-                estimator_error(
-                    self,
-                    "straight_through must be False, True, 'reinmax' or 'gumbel_rao', got {!r}".format(
-                        straight_through
-                    ),
-                )
+            raise EstimatorError(
+                self,
+                "straight_through must be False, True, 'reinmax' or 'gumbel_rao', got {!r}".format(straight_through),
             )
         if not isinstance(num_rao_samples, int) or num_rao_samples < 1:
-            raise ValueError(estimator_error(self, "num_rao_samples must be a positive integer"))
+            raise EstimatorError(self, "num_rao_samples must be a positive integer")
         self.temperature = temperature
         self.prior_temperature = prior_temperature
         self.straight_through = straight_through
@@ -279,7 +276,7 @@ class RelaxedConcreteELBO(DiscreteELBO):
         )
         for value in (self.current_temperature(), self.current_prior_temperature()):
             if not value > 0:
-                raise ValueError(estimator_error(self, "temperatures must be positive, got {}".format(value)))
+                raise EstimatorError(self, "temperatures must be positive, got {}".format(value))
 
     def current_temperature(self):
         """:math:`\\lambda_1` at the current step (:attr:`num_steps`)."""

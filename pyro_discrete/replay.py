@@ -32,23 +32,11 @@ from pyro import poutine
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
 
 from .costs import broadcast_cost, cost_terms, cost_to_frames
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
 from .traces import check_dims_follow_provenance, get_importance_traces
-from .util import sample_sites
+from .util import batch_dims, sample_sites
 
 __all__ = ["Replay"]
-
-
-def _batch_dims(pair):
-    # number of batch dims used by any site of the pair (plates and particles)
-    dims = 0
-    for trace in (pair.model_trace, pair.guide_trace):
-        for _, site in sample_sites(trace):
-            dims = max(dims, len(site["fn"].batch_shape))
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized:
-                    dims = max(dims, -frame.dim)
-    return dims
 
 
 class Replay:
@@ -73,12 +61,10 @@ class Replay:
         if not alternatives:
             return {}
         if pair.raw_guide_trace is None:
-            raise NotImplementedError(
-                estimator_error(
-                    self.elbo,
-                    "replays the guide at other values of its sites, which a GuideMessenger guide "
-                    "(AutoGuideMessenger) does not support; {}.".format(suggest(exclude=self.elbo)),
-                )
+            raise EstimatorError(
+                self.elbo,
+                "replays the guide at other values of its sites, which a GuideMessenger guide "
+                "(AutoGuideMessenger) does not support; {}.".format(suggest(exclude=self.elbo)),
             )
         names = list(alternatives)
         num_rows = {name: alternatives[name].shape[0] for name in names}
@@ -86,7 +72,7 @@ class Replay:
         for name in names:
             offsets[name] = total_rows
             total_rows += num_rows[name]
-        num_dims = _batch_dims(pair)
+        num_dims = batch_dims(pair)
         guide_trace = self._replay_trace(pair, alternatives, offsets, total_rows, num_dims)
         with torch.no_grad():
             try:
@@ -117,7 +103,7 @@ class Replay:
             for name in names:
                 batch_shape = pair.guide_trace.nodes[name]["fn"].batch_shape
                 padded = (total_rows,) + (1,) * (num_dims - len(batch_shape)) + batch_shape
-                cost = cost_to_frames(groups, replayed.nodes[name])
+                cost = cost_to_frames(groups, replayed.nodes[name], widened=self.step.widened(name))
                 if cost is None:
                     cost = torch.zeros(padded, dtype=alternatives[name].dtype, device=alternatives[name].device)
                 cost = broadcast_cost(detach_provenance(cost), padded).reshape((total_rows,) + batch_shape)
@@ -128,21 +114,19 @@ class Replay:
     def _raise_broadcast_error(self, e, total_rows, names, num_dims):
         if isinstance(e, NotImplementedError):  # a RuntimeError, but not about shapes
             raise e
-        raise ValueError(
-            estimator_error(
-                self.elbo,
-                "replaying the model at {} alternative values of guide site(s) {} along batch dim {} "
-                "failed: the model must broadcast over batch dims left of its plates, as for Pyro's "
-                "parallel enumeration (e.g. Vindex(x)[..., z] instead of x[z]), or {}. The error was: "
-                "{}: {}".format(
-                    total_rows,
-                    ", ".join(map(repr, names)),
-                    -num_dims - 1,
-                    suggest(exclude=self.elbo, require=lambda e: e.cost == "particles" and e.unbiased),
-                    type(e).__name__,
-                    e,
-                ),
-            )
+        raise EstimatorError(
+            self.elbo,
+            "replaying the model at {} alternative values of guide site(s) {} along batch dim {} "
+            "failed: the model must broadcast over batch dims left of its plates, as for Pyro's "
+            "parallel enumeration (e.g. Vindex(x)[..., z] instead of x[z]), or {}. The error was: "
+            "{}: {}".format(
+                total_rows,
+                ", ".join(map(repr, names)),
+                -num_dims - 1,
+                suggest(exclude=self.elbo, require=lambda e: e.cost == "particles" and e.unbiased),
+                type(e).__name__,
+                e,
+            ),
         ) from e
 
     def _replay_trace(self, pair, alternatives, offsets, total_rows, num_dims):
@@ -162,18 +146,16 @@ class Replay:
         for name, site in sample_sites(replayed):
             parents = (get_provenance(site["fn"].log_prob(site["value"])) & names) - {name}
             if parents:
-                raise NotImplementedError(
-                    estimator_error(
-                        self.elbo,
-                        "guide site '{}' depends on the value of the discrete guide site(s) {}, which this "
-                        "estimator replays at other values while holding '{}' fixed; its gradient would be "
-                        "wrong. {} for this guide.".format(
-                            name,
-                            ", ".join("'{}'".format(p) for p in sorted(parents)),
-                            name,
-                            _capital(suggest(require=lambda e: e.guide_dependencies)),
-                        ),
-                    )
+                raise EstimatorError(
+                    self.elbo,
+                    "guide site '{}' depends on the value of the discrete guide site(s) {}, which this "
+                    "estimator replays at other values while holding '{}' fixed; its gradient would be "
+                    "wrong. {} for this guide.".format(
+                        name,
+                        ", ".join("'{}'".format(p) for p in sorted(parents)),
+                        name,
+                        _capital(suggest(require=lambda e: e.guide_dependencies)),
+                    ),
                 )
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from .auxiliary import Auxiliary
 from .costs import broadcast_cost, cost_terms, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
 from .samplers import IIDSampler
 from .traces import score_function_sites
 from .util import BERNOULLI, CONTINUOUS, site_kind, site_logits
@@ -67,26 +67,20 @@ class SteinControlVariates(Surrogate):
 
     def bind(self, elbo):
         if elbo.num_particles < 2 or not elbo.vectorize_particles:
-            raise ValueError(
-                estimator_error(
-                    elbo,
-                    "needs num_particles >= 2 vectorized particles (leave-one-out over them), got "
-                    "num_particles={}, vectorize_particles={}".format(elbo.num_particles, elbo.vectorize_particles),
-                )
+            raise EstimatorError(
+                elbo,
+                "needs num_particles >= 2 vectorized particles (leave-one-out over them), got "
+                "num_particles={}, vectorize_particles={}".format(elbo.num_particles, elbo.vectorize_particles),
             )
         if elbo.track_dependencies:
-            raise ValueError(estimator_error(elbo, "track_dependencies is not supported"))
+            raise EstimatorError(elbo, "track_dependencies is not supported")
 
     def check_site(self, elbo, name, site):
         if site_kind(site["fn"]) not in self.site_kinds:
-            raise NotImplementedError(
-                estimator_error(
-                    elbo,
-                    "guide site '{}' is not a Bernoulli site: the discrete Stein operator here is over single-bit "
-                    "flips (RODEO's binary construction); {}.".format(
-                        name, suggest(site_kind(site["fn"]), exclude=elbo)
-                    ),
-                )
+            raise EstimatorError(
+                elbo,
+                "guide site '{}' is not a Bernoulli site: the discrete Stein operator here is over single-bit "
+                "flips (RODEO's binary construction); {}.".format(name, suggest(site_kind(site["fn"]), exclude=elbo)),
             )
 
     def jit_unsupported(self):
@@ -108,7 +102,9 @@ class SteinControlVariates(Surrogate):
         for name, site in sites:
             fn, x = site["fn"], site["value"]
             batch = fn.batch_shape
-            f = broadcast_cost(cost_to_frames(groups, site), batch)  # with its graph to the values
+            f = broadcast_cost(
+                cost_to_frames(groups, site, widened=step.widened(name)), batch
+            )  # with its graph to the values
             # the features are any function of the other samples: a cost that is not differentiable in the
             # values (a model indexing with them) leaves the estimator unbiased, with weaker control variates
             (grad_f,) = torch.autograd.grad(f.sum(), [x], retain_graph=True, allow_unused=True)

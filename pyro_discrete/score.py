@@ -7,7 +7,7 @@ import torch
 
 from .baselines import TraceGraphBaseline, make_baseline
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error
+from .errors import EstimatorError
 from .samplers import IIDSampler
 
 __all__ = ["ScoreFunction", "TraceScoreELBO"]
@@ -39,13 +39,11 @@ class ScoreFunction(Surrogate):
 
     def _check(self, baseline, what):
         if baseline.needs_particles and self.num_particles < 2:
-            raise ValueError(
-                estimator_error(
-                    self.owner,
-                    "{} (leave-one-out) needs num_particles >= 2, got num_particles={}. "
-                    "Use num_particles=2 or more, or baseline='moving_average' or "
-                    "baseline=None for a single particle.".format(what, self.num_particles),
-                )
+            raise EstimatorError(
+                self.owner,
+                "{} (leave-one-out) needs num_particles >= 2, got num_particles={}. "
+                "Use num_particles=2 or more, or baseline='moving_average' or "
+                "baseline=None for a single particle.".format(what, self.num_particles),
             )
 
     def baseline_for(self, name, site):
@@ -83,13 +81,11 @@ class ScoreFunction(Surrogate):
                 continue
             baseline = self.baseline_for(score_site.name, score_site.site)
             if step.elbo.jit_compile and baseline.stateful:
-                raise ValueError(
-                    estimator_error(
-                        self.owner,
-                        "site '{}' uses the baseline {!r}, which keeps state between steps and cannot be "
-                        "compiled (jit_compile=True); use 'loo' or None for that site, or "
-                        "jit_compile=False.".format(score_site.name, baseline),
-                    )
+                raise EstimatorError(
+                    self.owner,
+                    "site '{}' uses the baseline {!r}, which keeps state between steps and cannot be "
+                    "compiled (jit_compile=True); use 'loo' or None for that site, or "
+                    "jit_compile=False.".format(score_site.name, baseline),
                 )
             value = baseline(score_site)
             if baseline.auxiliary is not None:

@@ -9,7 +9,7 @@ import math
 import torch
 
 from .elbo import DiscreteELBO
-from .errors import estimator_error
+from .errors import EstimatorError
 from .gumbel import _gumbel, stochastic_beam_search, top_k_joint
 from .unordered_set import SetSampler, WeightedSamples, ensure_particle_plate, vectorized_set
 
@@ -122,11 +122,9 @@ class SumAndSampleELBO(DiscreteELBO):
             num_summed = max(0, kwargs.pop("num_particles") - num_samples)
         for name, value in (("num_summed", num_summed), ("num_samples", num_samples)):
             if not isinstance(value, int) or value < 0:
-                raise ValueError(
-                    estimator_error(self, "{} must be a non-negative integer, got {!r}".format(name, value))
-                )
+                raise EstimatorError(self, "{} must be a non-negative integer, got {!r}".format(name, value))
         if num_summed + num_samples < 1:
-            raise ValueError(estimator_error(self, "num_summed + num_samples must be at least 1"))
+            raise EstimatorError(self, "num_summed + num_samples must be at least 1")
         self.num_summed, self.num_sampled = num_summed, num_samples
         super().__init__(
             num_particles=num_summed + num_samples, sampler=SumAndSampleSampler, surrogate=WeightedSamples(), **kwargs

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from .costs import cost_terms, site_costs
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
+from .structure import check_assumptions
 from .traces import score_function_sites
 from .util import (
     BERNOULLI,
@@ -159,7 +160,12 @@ class Particles:
             sites = score_function_sites(pair.guide_trace)
             groups = pair.cost_terms(self.track_dependencies) if sites else None
             costs = site_costs(
-                pair.model_trace, pair.guide_trace, [n for n, _ in sites], self.track_dependencies, groups
+                pair.model_trace,
+                pair.guide_trace,
+                [n for n, _ in sites],
+                self.track_dependencies,
+                groups,
+                None if self.step is None else self.step.widened,
             )
             per_pair.append([(name, site, costs[name]) for name, site in sites])
         if len(self.pairs) == 1:
@@ -184,6 +190,12 @@ class Step:
         self.elbo, self.model, self.guide, self.args, self.kwargs = elbo, model, guide, args, kwargs
         self.update = update
         self.evaluations = 0
+        #: the :class:`~pyro_discrete.structure.Structure` of the model and guide (``None`` if not analyzed)
+        self.structure = None
+
+    def widened(self, name):
+        """The ``(plate, dim)`` frames over which site ``name``'s cost is summed (:mod:`~pyro_discrete.structure`)."""
+        return frozenset() if self.structure is None else self.structure.widened(name)
 
     def replay(self, pair, alternatives):
         """
@@ -212,6 +224,19 @@ class Surrogate:
     def bind(self, elbo):
         """Checks the ELBO's options; called once, when the ELBO is built."""
 
+    #: the assumptions of :mod:`pyro_discrete.structure` it rests on, beyond particles that are not mixed:
+    #: :data:`~pyro_discrete.structure.PER_ELEMENT` (it replays every element of a plate at once),
+    #: :data:`~pyro_discrete.structure.UNMASKED` (masks are not functions of its discrete sites)
+    assumes = frozenset()
+
+    def check_structure(self, structure):
+        """
+        ``None`` if this surrogate takes a model and guide of this
+        :class:`~pyro_discrete.structure.Structure`, else ``(sites,
+        requirement, message)`` saying which assumption fails where.
+        """
+        return check_assumptions(self.assumes, structure)
+
     def wants_provenance(self, step):
         """Whether this step's traces should carry provenance (a check of the model's structure)."""
         return False
@@ -220,16 +245,14 @@ class Surrogate:
         """Raises an error naming the site, the estimator and what to use instead, for a site it cannot take."""
         kind = site_kind(site["fn"])
         if kind not in self.site_kinds:
-            raise NotImplementedError(
-                estimator_error(
-                    elbo,
-                    "guide site '{}' ({}) is {}, which this estimator does not take; {}.".format(
-                        name,
-                        type(innermost_distribution(site["fn"])).__name__,
-                        _KIND_WORDS[kind],
-                        suggest(kind, exclude=elbo),
-                    ),
-                )
+            raise EstimatorError(
+                elbo,
+                "guide site '{}' ({}) is {}, which this estimator does not take; {}.".format(
+                    name,
+                    type(innermost_distribution(site["fn"])).__name__,
+                    _KIND_WORDS[kind],
+                    suggest(kind, exclude=elbo),
+                ),
             )
 
     def loss(self, particles):

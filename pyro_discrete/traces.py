@@ -26,7 +26,7 @@ from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, wa
 from torch.distributions import Independent
 from torch.distributions.utils import _sum_rightmost
 
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, estimator_error, suggest
 from .util import _BERNOULLI_TYPES, sample_sites
 
 __all__ = [
@@ -139,14 +139,12 @@ def check_model_guide(elbo, model_trace, guide_trace):
     for name, site in sample_sites(model_trace):
         if site["is_observed"] or name in guide_trace.nodes:
             continue
-        raise ValueError(
-            estimator_error(
-                elbo,
-                "model sample site '{}' is latent (not observed) but the guide has no "
-                "site of that name, so it would be drawn from the prior with no gradient "
-                "estimator. Add pyro.sample('{}', ...) to the guide, observe it with "
-                "obs=..., or marginalize it with pyro.infer.TraceEnum_ELBO.".format(name, name),
-            )
+        raise EstimatorError(
+            elbo,
+            "model sample site '{}' is latent (not observed) but the guide has no "
+            "site of that name, so it would be drawn from the prior with no gradient "
+            "estimator. Add pyro.sample('{}', ...) to the guide, observe it with "
+            "obs=..., or marginalize it with pyro.infer.TraceEnum_ELBO.".format(name, name),
         )
 
 
@@ -171,23 +169,21 @@ def check_dims_follow_provenance(elbo, traces, site_dims, what):
                 dim, size = site_dims[parent]
                 if log_prob.dim() >= -dim and (size == 1 or log_prob.shape[dim] == size):
                     continue
-                raise ValueError(
-                    estimator_error(
-                        elbo,
-                        "site '{}' depends on guide site '{}', but its log-density (shape {}) does not vary "
-                        "along batch dim {}, where this estimator lays out {} the values of '{}': the model "
-                        "reshapes or reduces over that dim, and would compute something else without an error. "
-                        "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
-                        "x[z]), or {}.".format(
-                            name,
-                            parent,
-                            tuple(log_prob.shape),
-                            dim,
-                            what,
-                            parent,
-                            suggest(exclude=elbo, require=lambda e: e.cost == "particles" and e.unbiased),
-                        ),
-                    )
+                raise EstimatorError(
+                    elbo,
+                    "site '{}' depends on guide site '{}', but its log-density (shape {}) does not vary "
+                    "along batch dim {}, where this estimator lays out {} the values of '{}': the model "
+                    "reshapes or reduces over that dim, and would compute something else without an error. "
+                    "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
+                    "x[z]), or {}.".format(
+                        name,
+                        parent,
+                        tuple(log_prob.shape),
+                        dim,
+                        what,
+                        parent,
+                        suggest(exclude=elbo, require=lambda e: e.cost == "particles" and e.unbiased),
+                    ),
                 )
 
 

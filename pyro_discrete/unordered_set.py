@@ -36,9 +36,10 @@ from pyro.ops.provenance import get_provenance
 
 from .costs import site_costs, vectorized_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error, suggest
+from .errors import EstimatorError, suggest
 from .gumbel import gumbel_top_k, inclusion_log_ratios, stochastic_beam_search
 from .samplers import Sampler
+from .structure import LEFT_DIMS, PER_ELEMENT
 from .traces import StructureChecks
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, latent_shape, sample_sites, site_kind, site_logits
 
@@ -96,15 +97,13 @@ class SetSampler(Sampler):
         if kind not in (BERNOULLI, CATEGORICAL, ONEHOT):
             return
         if self.site is not None:
-            raise NotImplementedError(
-                estimator_error(
-                    self.elbo,
-                    "the guide has several discrete sites ('{}' and '{}'); sampling without replacement "
-                    "is done over one site (a .to_event site may hold many latents). Declare the latents "
-                    "as one site, or {}.".format(
-                        self.site, name, suggest(kind, exclude=self.elbo, require=lambda e: e.cost != "set")
-                    ),
-                )
+            raise EstimatorError(
+                self.elbo,
+                "the guide has several discrete sites ('{}' and '{}'); sampling without replacement "
+                "is done over one site (a .to_event site may hold many latents). Declare the latents "
+                "as one site, or {}.".format(
+                    self.site, name, suggest(kind, exclude=self.elbo, require=lambda e: e.cost != "set")
+                ),
             )
         self.site = name
         log_p = self._compact_log_probs(fn, name)  # batch' + (K, C)
@@ -131,15 +130,11 @@ class SetSampler(Sampler):
         j = self.particle_index(fn.batch_shape)
         first = log_p.narrow(j, 0, 1)
         if not torch.equal(log_p, first.expand_as(log_p)):
-            raise NotImplementedError(
-                estimator_error(
-                    self.elbo,
-                    "the distribution of guide site '{}' differs between particles: it depends on a site "
-                    "drawn per particle. The values of '{}' are drawn without replacement from one "
-                    "distribution; {}.".format(
-                        name, name, suggest(exclude=self.elbo, require=lambda e: e.cost != "set")
-                    ),
-                )
+            raise EstimatorError(
+                self.elbo,
+                "the distribution of guide site '{}' differs between particles: it depends on a site "
+                "drawn per particle. The values of '{}' are drawn without replacement from one "
+                "distribution; {}.".format(name, name, suggest(exclude=self.elbo, require=lambda e: e.cost != "set")),
             )
         log_p = first.squeeze(j)
         batch = log_p.shape[: len(fn.batch_shape) - 1]
@@ -188,6 +183,8 @@ class WeightedSamples(Surrogate):
     docstring), for the samplers of this module and of sum-and-sample.
     """
 
+    assumes = frozenset([LEFT_DIMS, PER_ELEMENT])
+
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
     def __init__(self):
@@ -195,14 +192,12 @@ class WeightedSamples(Surrogate):
 
     def bind(self, elbo):
         if not elbo.vectorize_particles:
-            raise ValueError(
-                estimator_error(
-                    elbo,
-                    "needs vectorize_particles=True: the distinct values are drawn together, along the particle dim.",
-                )
+            raise EstimatorError(
+                elbo,
+                "needs vectorize_particles=True: the distinct values are drawn together, along the particle dim.",
             )
         if elbo.track_dependencies:
-            raise ValueError(estimator_error(elbo, "track_dependencies is not supported."))
+            raise EstimatorError(elbo, "track_dependencies is not supported.")
 
     def loss(self, particles):
         return -self._weighted_elbo(particles, "log_prob")
@@ -220,7 +215,7 @@ class WeightedSamples(Surrogate):
             site = pair.guide_trace.nodes[sampler.site]
             batch_shape = site["fn"].batch_shape
             weights, baseline = sampler.weights(baseline=True)
-            cost = site_costs(pair.model_trace, pair.guide_trace, [sampler.site])[sampler.site]
+            cost = site_costs(pair.model_trace, pair.guide_trace, [sampler.site], widened=step.widened)[sampler.site]
             f = sampler.to_front(cost, batch_shape)
             b = (baseline * f.unsqueeze(0)).sum(1)
             centered = sampler.to_site(weights * (f - b), batch_shape).detach()
@@ -269,20 +264,18 @@ class WeightedSamples(Surrogate):
                 for name, node in sample_sites(trace):
                     if target <= _frames(node) or sampler.site not in get_provenance(node["log_prob"]):
                         continue
-                    raise NotImplementedError(
-                        estimator_error(
-                            sampler.elbo,
-                            "site '{}' is outside a plate that guide site '{}' is in, and depends on it; the "
-                            "values of '{}' are drawn without replacement per plate element, which cannot "
-                            "weight a term that depends on all of them. Move '{}' into the plate, or "
-                            "{}.".format(
-                                name,
-                                sampler.site,
-                                sampler.site,
-                                name,
-                                suggest(exclude=sampler.elbo, require=lambda e: e.cost == "particles"),
-                            ),
-                        )
+                    raise EstimatorError(
+                        sampler.elbo,
+                        "site '{}' is outside a plate that guide site '{}' is in, and depends on it; the "
+                        "values of '{}' are drawn without replacement per plate element, which cannot "
+                        "weight a term that depends on all of them. Move '{}' into the plate, or "
+                        "{}.".format(
+                            name,
+                            sampler.site,
+                            sampler.site,
+                            name,
+                            suggest(exclude=sampler.elbo, require=lambda e: e.cost == "particles"),
+                        ),
                     )
         self.checked.add(step)
 
@@ -353,9 +346,7 @@ class UnorderedSetELBO(DiscreteELBO):
         if "num_particles" in kwargs:
             num_samples = kwargs.pop("num_particles")
         if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                estimator_error(self, "num_samples must be a positive integer, got {!r}".format(num_samples))
-            )
+            raise EstimatorError(self, "num_samples must be a positive integer, got {!r}".format(num_samples))
         super().__init__(num_particles=num_samples, sampler=UnorderedSetSampler, surrogate=WeightedSamples(), **kwargs)
         if num_samples == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1  # a given bound: ELBO adds the particle dim for two or more only

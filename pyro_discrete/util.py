@@ -12,6 +12,7 @@ from torch.distributions import Bernoulli, Categorical, Independent, OneHotCateg
 
 __all__ = [
     "BERNOULLI",
+    "batch_dims",
     "CATEGORICAL",
     "CONTINUOUS",
     "ONEHOT",
@@ -83,6 +84,18 @@ def site_logits(fn):
     if kind != BERNOULLI:
         shape = shape + logits.shape[-1:]
     return logits.expand(shape)
+
+
+def batch_dims(pair):
+    """The number of batch dims used by any site of a trace pair (plates and particles)."""
+    dims = 0
+    for trace in (pair.model_trace, pair.guide_trace):
+        for _, site in sample_sites(trace):
+            dims = max(dims, len(site["fn"].batch_shape))
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    dims = max(dims, -frame.dim)
+    return dims
 
 
 def total(terms):

@@ -4,7 +4,7 @@ VarGrad: the log-variance loss.
 """
 
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error
+from .errors import EstimatorError
 from .samplers import DetachedSampler, IIDSampler
 
 __all__ = ["LogVariance", "VarGradELBO"]
@@ -20,13 +20,11 @@ class LogVariance(Surrogate):
 
     def bind(self, elbo):
         if elbo.num_particles < 2:
-            raise ValueError(
-                estimator_error(
-                    elbo,
-                    "the log-variance loss needs num_particles >= 2 (a variance over "
-                    "particles), got num_particles={}. Use num_particles=2 or more, or "
-                    "TraceScoreELBO(baseline='moving_average') for a single particle.".format(elbo.num_particles),
-                )
+            raise EstimatorError(
+                elbo,
+                "the log-variance loss needs num_particles >= 2 (a variance over "
+                "particles), got num_particles={}. Use num_particles=2 or more, or "
+                "TraceScoreELBO(baseline='moving_average') for a single particle.".format(elbo.num_particles),
             )
 
     def __call__(self, particles, step):
@@ -99,9 +97,7 @@ class VarGradELBO(DiscreteELBO):
 
     def __init__(self, num_particles=8, continuous="pathwise", **kwargs):
         if continuous not in ("pathwise", "log_variance"):
-            raise ValueError(
-                estimator_error(self, "continuous must be 'pathwise' or 'log_variance', got {!r}".format(continuous))
-            )
+            raise EstimatorError(self, "continuous must be 'pathwise' or 'log_variance', got {!r}".format(continuous))
         self.continuous = continuous
         sampler = DetachedSampler if continuous == "log_variance" else IIDSampler
         super().__init__(num_particles=num_particles, sampler=sampler, surrogate=LogVariance(), **kwargs)

@@ -10,7 +10,7 @@ import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 
 from .elbo import DiscreteELBO, Surrogate
-from .errors import estimator_error
+from .errors import EstimatorError
 from .samplers import IIDSampler
 from .util import sample_sites
 
@@ -52,13 +52,11 @@ def _scale(elbo, traces):
                 continue
             same = scale.shape == s.shape and torch.equal(scale, s)
             if not same and not (scale.numel() == 1 and s.numel() == 1 and scale.item() == s.item()):
-                raise ValueError(
-                    estimator_error(
-                        elbo,
-                        "sites '{}' and '{}' have different scales (poutine.scale or subsampling of "
-                        "different plates); the multi-sample bound log mean_k w_k cannot weight the terms "
-                        "of one sample differently. Use one scale for every site.".format(first, name),
-                    )
+                raise EstimatorError(
+                    elbo,
+                    "sites '{}' and '{}' have different scales (poutine.scale or subsampling of "
+                    "different plates); the multi-sample bound log mean_k w_k cannot weight the terms "
+                    "of one sample differently. Use one scale for every site.".format(first, name),
                 )
     if scale is None or scale.numel() == 1:
         return 1.0 if scale is None else scale.item()
@@ -116,14 +114,10 @@ class MultiSampleBound(Surrogate):
 
     def bind(self, elbo):
         if elbo.num_particles < 2:
-            raise ValueError(
-                estimator_error(
-                    elbo,
-                    "the multi-sample bound and its leave-one-out baselines need num_particles >= 2, got "
-                    "num_particles={}. With one particle it is the ELBO: use TraceScoreELBO.".format(
-                        elbo.num_particles
-                    ),
-                )
+            raise EstimatorError(
+                elbo,
+                "the multi-sample bound and its leave-one-out baselines need num_particles >= 2, got "
+                "num_particles={}. With one particle it is the ELBO: use TraceScoreELBO.".format(elbo.num_particles),
             )
 
     def _weights(self, particles, which):

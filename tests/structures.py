@@ -45,6 +45,9 @@ class Structure:
     mixes_particles: bool = False
     mixed_scales: bool = False  # sites with different scales (a multi-sample bound refuses them)
     enumerable: bool = True  # every term depends on enumerated sites only through plates it shares
+    # every term that depends on a plate element of a discrete site is in that element (estimators that replay
+    # every element at once -- IndeCateR, RELAX, the set estimators, enumeration -- need it)
+    per_element: bool = True
     infer_warning: Optional[str] = None  # an infer key some estimators warn about
     expect_error: dict = field(default_factory=dict)  # estimator name -> regex of an expected clear error
     exact: bool = True  # small enough for the bias check against ExpectELBO
@@ -789,9 +792,9 @@ def _discrete_part():
     kinds=frozenset([CONTINUOUS, BERNOULLI]),
     particles_broadcast=False,
     expect_error={
-        "expect": "does not vary along batch dim",
-        "indecater": "does not vary along batch dim",
-        "rebar": "does not vary along batch dim",
+        "expect": "does not vary along batch dim|along batch dims left of the plates",
+        "indecater": "does not vary along batch dim|along batch dims left of the plates",
+        "rebar": "does not vary along batch dim|along batch dims left of the plates",
     },
 )
 def _auto_guide_list_with_a_discrete_part():
@@ -914,7 +917,7 @@ def _model_that_squeezes():
     return model, guide
 
 
-@structure(kinds=frozenset([BERNOULLI]), enumerable=False)
+@structure(kinds=frozenset([BERNOULLI]), enumerable=False, per_element=False)
 def _site_outside_plate_depends_on_local():
     def model():
         with pyro.plate("data", 3):
@@ -942,7 +945,9 @@ def _twenty_by_ten_site():
     return model, guide
 
 
-@structure(kinds=frozenset([BERNOULLI]), extra_dims_broadcast=False, enumerable=False, mixes_particles=True)
+@structure(
+    kinds=frozenset([BERNOULLI]), extra_dims_broadcast=False, enumerable=False, mixes_particles=True, per_element=False
+)
 def _model_that_reduces_over_all_dims():
     # a binary site's replay has one row, so only the provenance check can see this
     def model():
