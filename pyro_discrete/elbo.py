@@ -27,7 +27,7 @@ from pyro.infer.elbo import ELBO, ELBOModule
 from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.ops.provenance import detach_provenance
-from pyro.util import warn_if_nan
+from pyro.util import check_site_shape, warn_if_nan
 
 from .compile import CompileCache
 from .errors import EstimatorError, suggest
@@ -354,6 +354,7 @@ class DiscreteELBO(ELBO):
 
     def _explain_enumeration_failure(self, error, step, sampler):
         """After a run that enumerates sites left of the plates failed: say that the model must broadcast."""
+        where, sites = self._failing_site(step, sampler, vectorized=False)
         raise EstimatorError(
             self,
             "enumerates the guide's discrete sites along batch dims left of the plates (from dim {}), and "
@@ -361,11 +362,13 @@ class DiscreteELBO(ELBO):
             "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims), "
             "or {}. The error was: {}: {}".format(
                 -self.max_plate_nesting - 1,
-                self._failing_site(step, sampler, vectorized=False),
+                where,
                 suggest(exclude=self, require=lambda e: e.cost == "particles" and e.objective == "elbo"),
                 type(error).__name__,
                 error,
             ),
+            sites=sites,
+            requirement="broadcasts_left_of_plates",
         ) from error
 
     def _explain_broadcast_failure(self, error, step, sampler):
@@ -382,6 +385,7 @@ class DiscreteELBO(ELBO):
             if self._is_own_error(other):  # a structure this estimator refuses anyway: say that
                 raise other from error
             return  # the failure is not about particles: re-raise the original
+        where, sites = self._failing_site(step, sampler)
         raise EstimatorError(
             self,
             "the model or guide does not broadcast over the vectorized particles "
@@ -391,14 +395,16 @@ class DiscreteELBO(ELBO):
             "the particles one after another. The error was: {}: {}".format(
                 self.num_particles,
                 -self.max_plate_nesting,
-                self._failing_site(step, sampler),
+                where,
                 type(error).__name__,
                 error,
             ),
+            sites=sites,
+            requirement="broadcasts_left_of_plates",
         ) from error
 
     def _failing_site(self, step, sampler, vectorized=True):
-        # where the run fails: the last sample site entered before
+        # where the run fails: (words, (the last sample site entered before,))
         model, guide = step.model, step.guide
         if vectorized:
             model = self._vectorized_num_particles(model)
@@ -409,14 +415,21 @@ class DiscreteELBO(ELBO):
             try:
                 with pyro.poutine.block(), torch.no_grad(), last:
                     if where == "guide":
-                        guide_trace = pyro.poutine.trace(guide).get_trace(*step.args, **step.kwargs)
+                        trace = guide_trace = pyro.poutine.trace(guide).get_trace(*step.args, **step.kwargs)
                     else:
-                        pyro.poutine.replay(model, trace=guide_trace)(*step.args, **step.kwargs)
+                        trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(
+                            *step.args, **step.kwargs
+                        )
             except Exception:  # noqa: BLE001
                 if last.name is None:
-                    return ", in the {} before its first sample site".format(where)
-                return ", in the {} after sample site '{}'".format(where, last.name)
-        return ""
+                    return ", in the {} before its first sample site".format(where), ()
+                return ", in the {} after sample site '{}'".format(where, last.name), (last.name,)
+            for name, site in sample_sites(trace):  # the run passed: a site of the wrong shape
+                try:
+                    check_site_shape(dict(site, log_prob=site["fn"].log_prob(site["value"])), self.max_plate_nesting)
+                except Exception:  # noqa: BLE001
+                    return ", at {} site '{}'".format(where, name), (name,)
+        return "", ()
 
     # ------------------------------------------------------------------
     # the step

@@ -158,7 +158,9 @@ def takes(entry, structure, vectorized=True):
     when ``vectorized`` is false, and every assumption its surrogate checks
     against the structure.
     """
-    if structure.mixed_particles():  # only looped particles keep them apart
+    if structure.mixed_particles():  # only looped particles keep them apart, and no value laid out left of the plates
+        if entry.cost != "particles":
+            return False
         vectorized = False
     if not vectorized and entry.vectorized_only:
         return False

@@ -156,6 +156,8 @@ class Replay:
                         name,
                         _capital(suggest(require=lambda e: e.guide_dependencies)),
                     ),
+                    sites=tuple(sorted(parents)) + (name,),
+                    requirement="no_guide_dependencies",
                 )
 
 

@@ -145,6 +145,8 @@ def check_model_guide(elbo, model_trace, guide_trace):
             "site of that name, so it would be drawn from the prior with no gradient "
             "estimator. Add pyro.sample('{}', ...) to the guide, observe it with "
             "obs=..., or marginalize it with pyro.infer.TraceEnum_ELBO.".format(name, name),
+            sites=(name,),
+            requirement="guide_site_for_every_latent",
         )
 
 
@@ -184,6 +186,8 @@ def check_dims_follow_provenance(elbo, traces, site_dims, what):
                         parent,
                         suggest(exclude=elbo, require=lambda e: e.cost == "particles" and e.unbiased),
                     ),
+                    sites=(parent, name),
+                    requirement="left_dims_not_mixed",
                 )
 
 
