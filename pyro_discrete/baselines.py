@@ -252,28 +252,39 @@ class NeuralBaseline(Baseline):
 class TraceGraphBaseline:
     """
     A guide site's ``infer={"baseline": {...}}`` options of Pyro's
-    :class:`~pyro.infer.TraceGraph_ELBO`, honored by the score family, so that a
-    guide written for it ports by changing the loss alone:
+    :class:`~pyro.infer.TraceGraph_ELBO`, honored by the score family as
+    TraceGraph_ELBO honors them, so that a guide written for it ports by
+    changing the loss alone and gets the same gradient, draw for draw (with
+    TraceGraph_ELBO's downstream costs, which the score family uses by default
+    for such a guide: see ``track_dependencies`` of
+    :class:`~pyro_discrete.elbo.DiscreteELBO`):
 
-    * ``use_decaying_avg_baseline`` / ``baseline_beta``: a moving average of
-      the site's cost (per site, scale divided out, used before it is updated);
+    * ``use_decaying_avg_baseline`` / ``baseline_beta``: an average of the
+      site's cost kept per element of the cost (its particles and plate
+      elements, as TraceGraph_ELBO keeps it), used before it is updated and
+      started at zero; it starts again at zero when the cost's shape changes;
     * ``nn_baseline(nn_baseline_input)``: a network's value, its input
-      detached, trained on the squared centered cost (the term is added to the
-      surrogate, as TraceGraph_ELBO does: register the network with
-      :func:`pyro.module` so that the optimizer finds it);
-    * ``baseline_value``: a value computed by the guide (detached).
+      detached;
+    * ``baseline_value``: a value computed by the guide, with its graph (AIR
+      computes it with its own network).
 
-    The average and the network's (or given) value add up. As in Pyro, the
-    network's and the given values are in the ELBO's sign (they estimate the
-    site's share of :math:`\\log p - \\log q`, the negative of this package's
-    cost), so a guide written for ``TraceGraph_ELBO`` means the same thing
-    here. Unknown keys, and ``nn_baseline`` with ``baseline_value``, are
-    errors, as in Pyro.
+    They add up. For ``nn_baseline`` and ``baseline_value`` the squared error
+    of the baseline, summed over the cost's elements and averaged over
+    particles, is added to the surrogate, as TraceGraph_ELBO does: that trains
+    the network (register it with :func:`pyro.module` so that the optimizer
+    finds it). The baseline must have the cost's shape (the site's plates, and
+    the vectorized particles), as in Pyro; anything else is an error. As in
+    Pyro, values are in the ELBO's sign (they estimate the site's share of
+    :math:`\\log p - \\log q`, the negative of this package's cost). With several
+    particles a site's own baseline replaces the estimator's (leave-one-out
+    included), as in ``TraceGraph_ELBO(num_particles=S)``. Unknown keys, and
+    ``nn_baseline`` with ``baseline_value``, are errors, as in Pyro.
     """
 
     KEYS = ("use_decaying_avg_baseline", "baseline_beta", "nn_baseline", "nn_baseline_input", "baseline_value")
 
     def __init__(self):
+        #: site name -> the decaying average of its cost (this package's sign), shaped like the cost
         self.averages = {}
 
     def check(self, owner, name, options):
@@ -295,40 +306,58 @@ class TraceGraphBaseline:
                 requirement="baseline_options",
             )
 
-    def __call__(self, score_site, options):
+    def __call__(self, owner, name, cost, options):
         """
-        ``(value, objective)``: what the site's cost is centered by (with its
-        graph to the network), and the network's objective.
+        ``(value, objective)`` for the cost ``cost`` of guide site ``name``
+        (one trace's: its particles and plate elements): what the cost is
+        centered by (with its graph to the network or given value), and the
+        squared error that trains them (``None`` without one).
         """
         value, objective = 0.0, None
         if options.get("use_decaying_avg_baseline", False):
-            average = self.averages.get(score_site.name)
-            if average is None:
-                average = MovingAverageBaseline(options.get("baseline_beta", 0.90))
-                self.averages[score_site.name] = average
-            value = average(score_site)
-        network = options.get("nn_baseline")
-        if network is not None:
-            inputs = detach(options.get("nn_baseline_input"))
-            value = value - network(inputs)  # the ELBO's sign: minus a cost
-            objective = (score_site.cost - value).pow(2).sum()
+            average = self.averages.get(name)
+            if average is None or average.shape != cost.shape:
+                average = torch.zeros_like(cost)
+            value = average
+        learned = options.get("nn_baseline")
+        if learned is not None:
+            learned = learned(detach(options.get("nn_baseline_input")))
         elif options.get("baseline_value") is not None:
-            value = value - options["baseline_value"].detach()
+            learned = options["baseline_value"]
+        if learned is not None:
+            value = value - learned  # the ELBO's sign: minus a cost
+            objective = (cost.detach() - value).pow(2).sum()
+        if (torch.is_tensor(value) and value.shape != cost.shape) or (not torch.is_tensor(value) and cost.dim()):
+            raise EstimatorError(
+                owner,
+                "the baseline of guide site '{}' has shape {}, but the site's cost has shape {} (its plates{}); "
+                "as in TraceGraph_ELBO, nn_baseline and baseline_value must give one value per element of "
+                "the cost.".format(
+                    name,
+                    tuple(value.shape) if torch.is_tensor(value) else (),
+                    tuple(cost.shape),
+                    ", and the vectorized particles" if cost.dim() else "",
+                ),
+                sites=(name,),
+                requirement="baseline_shape",
+            )
         return value, objective
 
-    def update(self, score_site, options):
-        average = self.averages.get(score_site.name)
-        if average is not None and options.get("use_decaying_avg_baseline", False):
-            average.update(score_site)
+    def update(self, name, cost, options):
+        """Takes this step's cost into the site's decaying average, after the average was used."""
+        if not options.get("use_decaying_avg_baseline", False):
+            return
+        beta = options.get("baseline_beta", 0.90)
+        average = self.averages.get(name)
+        if average is None or average.shape != cost.shape:
+            average = torch.zeros_like(cost)
+        self.averages[name] = ((1.0 - beta) * cost + beta * average).detach()
 
     def state_dict(self):
-        return {name: average.state_dict() for name, average in self.averages.items()}
+        return {name: average.clone() for name, average in self.averages.items()}
 
     def load_state_dict(self, state):
-        for name, average_state in state.items():
-            average = MovingAverageBaseline(average_state["decay"])
-            average.load_state_dict(average_state)
-            self.averages[name] = average
+        self.averages = {name: torch.as_tensor(average).clone() for name, average in state.items()}
 
 
 #: Names accepted by :func:`make_baseline`.

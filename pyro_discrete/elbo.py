@@ -42,7 +42,9 @@ from .traces import (
 )
 from .util import (
     preserved_rng,
+    rng_state,
     sample_sites,
+    set_rng_state,
 )
 
 __all__ = ["DiscreteELBO", "Particles", "ScoreSite", "Step", "Surrogate", "TracePair"]
@@ -80,11 +82,14 @@ class DiscreteELBO(ELBO):
         in an outermost plate named ``"num_particles_vectorized"`` (default
         ``True``, unlike Pyro's ELBOs); ``False`` runs them one after another,
         for models that do not broadcast over a dim left of their plates.
-    :param bool track_dependencies: restrict each site's cost to the terms
-        that depend on it (provenance tracking, as in
-        :class:`~pyro.infer.TraceGraph_ELBO`). Lower variance for guides with
-        many sites, at some cost in time. Default ``False``: costs are still
-        Rao-Blackwellized by plates.
+    :param track_dependencies: restrict each site's cost to the terms
+        that depend on it (provenance tracking: TraceGraph_ELBO's downstream
+        costs, :class:`~pyro.infer.TraceGraph_ELBO`). Lower variance for guides
+        with many sites, at some cost in time. ``False``: costs are
+        Rao-Blackwellized by plates only. Default ``None``: ``True`` for a guide
+        that carries TraceGraph_ELBO's ``infer={"baseline": ...}`` options and
+        an estimator that honors them (:class:`~pyro_discrete.TraceScoreELBO`),
+        so that such a guide gets TraceGraph_ELBO's gradient; else ``False``.
     :param bool jit_compile: compile the step with :func:`pyro.ops.jit.trace`
         (``torch.jit.trace``), as :class:`~pyro.infer.JitTrace_ELBO` does, once
         per model, guide and shapes of the tensor arguments. It removes part of
@@ -104,7 +109,7 @@ class DiscreteELBO(ELBO):
         num_particles=1,
         max_plate_nesting=float("inf"),
         vectorize_particles=True,
-        track_dependencies=False,
+        track_dependencies=None,
         jit_compile=False,
         *,
         sampler=IIDSampler,
@@ -142,6 +147,7 @@ class DiscreteELBO(ELBO):
         self._warned_infer_keys = set()
         self._replay_checks = StructureChecks()
         self._structures = {}
+        self._downstream_costs = {}
         surrogate.bind(self)
 
     # ------------------------------------------------------------------
@@ -167,6 +173,32 @@ class DiscreteELBO(ELBO):
 
     def _draw(self, step, for_gradient):
         """The :class:`Particles` of one step."""
+        if self.track_dependencies is not None:
+            step.track_dependencies = bool(self.track_dependencies)
+            return self._draw_particles(step, for_gradient)
+        # auto: TraceGraph_ELBO's downstream costs for a guide that carries its baseline options (the first
+        # step of each model and guide finds out, and draws again with the same random numbers if so)
+        key = _key(step.model, step.guide)
+        decided = self._downstream_costs.get(key)
+        if decided is not None:
+            step.track_dependencies = decided
+            return self._draw_particles(step, for_gradient)
+        state = rng_state()
+        step.track_dependencies = False
+        particles = self._draw_particles(step, for_gradient)
+        decided = "baseline" in self.surrogate.honored_infer_keys and any(
+            site["infer"].get("baseline") is not None for _, site in sample_sites(particles.pairs[0].guide_trace)
+        )
+        if key is not None:
+            self._downstream_costs[key] = decided
+        if not decided:
+            return particles
+        set_rng_state(state)
+        step.track_dependencies = True
+        step.evaluations = 0
+        return self._draw_particles(step, for_gradient)
+
+    def _draw_particles(self, step, for_gradient):
         sampler = self.sampler if for_gradient else self.loss_sampler
         self._ensure_plate_nesting(step, sampler)
         particle_dim = self._particle_dim()
@@ -187,7 +219,7 @@ class DiscreteELBO(ELBO):
                     self._explain_enumeration_failure(e, step, sampler)
                 raise
         step.structure = self._structure(step, pairs[0], analyze_now=for_gradient)
-        return Particles(pairs, self.num_particles, self.track_dependencies, step)
+        return Particles(pairs, self.num_particles, step.track_dependencies, step)
 
     # ------------------------------------------------------------------
     # the structural analysis
@@ -304,7 +336,7 @@ class DiscreteELBO(ELBO):
         sampled_guide = sampler(guide)
         model_handler = sampler.model_handler()
         run_model = model if model_handler is None else model_handler(model)
-        if self.track_dependencies or self.surrogate.wants_provenance(step):
+        if step.track_dependencies or self.surrogate.wants_provenance(step):
             with TrackNonReparam():
                 model_trace, guide_trace, raw = get_importance_traces(
                     self.max_plate_nesting, run_model, sampled_guide, step.args, step.kwargs, with_raw=True
@@ -385,22 +417,39 @@ class DiscreteELBO(ELBO):
             if self._is_own_error(other):  # a structure this estimator refuses anyway: say that
                 raise other from error
             return  # the failure is not about particles: re-raise the original
+        from .registry import alternatives, entry_of
+
         where, sites = self._failing_site(step, sampler)
+        try:
+            structure = analyze(step.model, step.guide, step.args, step.kwargs)
+        except Exception:  # noqa: BLE001
+            structure = None
+        looped = [] if structure is None else alternatives(self, structure, vectorized=False)
+        entry = entry_of(self)
+        if entry is not None and not entry.vectorized_only:
+            fix = "pass vectorize_particles=False to run the particles one after another"
+        elif looped:
+            fix = "use {} with vectorize_particles=False ({} needs the particles vectorized)".format(
+                ", ".join(looped), type(self).__name__
+            )
+        else:
+            fix = "use an estimator that runs particles one after another (vectorize_particles=False)"
         raise EstimatorError(
             self,
             "the model or guide does not broadcast over the vectorized particles "
             "(plate 'num_particles_vectorized' of size {} at dim {}){}; with one particle it runs. "
             "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
-            "x[z], networks that accept extra leading dims), or pass vectorize_particles=False to run "
-            "the particles one after another. The error was: {}: {}".format(
+            "x[z], networks that accept extra leading dims), or {}. The error was: {}: {}".format(
                 self.num_particles,
                 -self.max_plate_nesting,
                 where,
+                fix,
                 type(error).__name__,
                 error,
             ),
             sites=sites,
             requirement="broadcasts_left_of_plates",
+            alternatives=looped,
         ) from error
 
     def _failing_site(self, step, sampler, vectorized=True):
@@ -524,27 +573,67 @@ class DiscreteELBO(ELBO):
     # ------------------------------------------------------------------
     def state_dict(self):
         """
-        The estimator's state: step count, the surrogate's state (moving
-        averages, ...) and the weights of its auxiliary modules. Together with
-        Pyro's param store (``pyro.get_param_store().get_state()``) it resumes
-        training exactly.
+        The estimator's state: which estimator and configuration wrote it, the
+        step count, the surrogate's state (moving averages, ...) and the weights
+        of its auxiliary modules. Together with Pyro's param store
+        (``pyro.get_param_store().get_state()``) it resumes training exactly.
         """
         return {
+            "estimator": type(self).__name__,
+            "configuration": self.surrogate.configuration(),
             "num_steps": self.num_steps,
             "surrogate": self.surrogate.state_dict(),
             "auxiliary": {name: module.state_dict() for name, module in self.surrogate.auxiliary_modules().items()},
         }
 
     def load_state_dict(self, state):
-        """Restores what :meth:`state_dict` returned."""
+        """
+        Restores what :meth:`state_dict` returned. A state written by another
+        estimator, or by this one in another configuration (another baseline,
+        say), is an :class:`~pyro_discrete.errors.EstimatorError` naming both,
+        as is a state that lacks what :meth:`state_dict` writes.
+        """
+        missing = [key for key in ("num_steps", "surrogate") if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise EstimatorError(
+                self,
+                "load_state_dict: the state lacks {} (it is not what state_dict() returns).".format(
+                    ", ".join(repr(k) for k in missing)
+                ),
+                requirement="state",
+            )
+        written = (state.get("estimator", type(self).__name__), state.get("configuration", None))
+        expected = (type(self).__name__, self.surrogate.configuration())
+        if written[0] != expected[0] or (written[1] is not None and written[1] != expected[1]):
+            raise EstimatorError(
+                self,
+                "load_state_dict: the state was written by {} ({}), and this is {} ({}); load it into the "
+                "estimator that wrote it.".format(written[0], written[1], expected[0], expected[1]),
+                requirement="state",
+            )
         self.num_steps = int(state["num_steps"])
         self.surrogate.load_state_dict(state["surrogate"])
         modules = self.surrogate.auxiliary_modules()
         for name, module_state in state.get("auxiliary", {}).items():
+            if name not in modules:
+                raise EstimatorError(
+                    self,
+                    "load_state_dict: the state holds auxiliary module '{}', which this estimator does not have "
+                    "(it has {}).".format(name, sorted(modules) or "none"),
+                    requirement="state",
+                )
             modules[name].load_state_dict(module_state)
 
 
 _UNSEEN = object()
+
+
+def _key(model, guide):
+    try:
+        hash((model, guide))
+    except TypeError:
+        return None
+    return (model, guide)
 
 
 def _in_plate(fn, dim):

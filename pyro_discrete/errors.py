@@ -33,13 +33,39 @@ class EstimatorError(ValueError, NotImplementedError):
     ``str(error)`` is the message, prefixed with the estimator's name.
     """
 
-    def __init__(self, estimator, message, sites=(), requirement=None, alternatives=()):
-        self.estimator = _estimator_name(estimator)
-        self.sites = tuple(sites)
-        self.requirement = requirement
-        self.alternatives = tuple(alternatives)
+    def __init__(self, estimator, message=None, sites=(), requirement=None, alternatives=()):
+        if message is None:
+            # one argument: Pyro's trace handler re-raising it with the trace's shapes appended; the data is
+            # on the original, its __cause__
+            self._data = None
+            super().__init__(estimator)
+            return
+        self._data = (_estimator_name(estimator), tuple(sites), requirement, tuple(alternatives))
         self.message = message
-        super().__init__(message if self.estimator is None else "{}: {}".format(self.estimator, message))
+        name = self._data[0]
+        super().__init__(message if name is None else "{}: {}".format(name, message))
+
+    def _field(self, i, default):
+        if self._data is not None:
+            return self._data[i]
+        cause = self.__cause__
+        return cause._field(i, default) if isinstance(cause, EstimatorError) else default
+
+    @property
+    def estimator(self):
+        return self._field(0, None)
+
+    @property
+    def sites(self):
+        return self._field(1, ())
+
+    @property
+    def requirement(self):
+        return self._field(2, None)
+
+    @property
+    def alternatives(self):
+        return self._field(3, ())
 
 
 def estimator_error(elbo, message):

@@ -10,7 +10,7 @@ from .costs import broadcast_cost, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
 from .errors import EstimatorError
 from .samplers import IIDSampler
-from .structure import LEFT_DIMS, PER_ELEMENT
+from .structure import INDEPENDENT, LEFT_DIMS, PER_ELEMENT
 from .traces import score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, latent_shape, site_kind, site_logits
 
@@ -51,7 +51,7 @@ class CatLogDerivative(Surrogate):
     per trace), applied as :math:`\\sum_{k,c} q_k(c)\\,\\overline{f(x^{(k\\leftarrow c)})}`.
     """
 
-    assumes = frozenset([LEFT_DIMS, PER_ELEMENT])
+    assumes = frozenset([INDEPENDENT, LEFT_DIMS, PER_ELEMENT])
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
 
-__all__ = ["Estimator", "PYRO_ELBOS", "REGISTRY", "alternatives", "make", "names"]
+__all__ = ["Estimator", "PYRO_ELBOS", "REGISTRY", "alternatives", "entry_of", "make", "names", "takes"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,14 @@ def takes(entry, structure, vectorized=True):
     if not entry.guide_dependencies and any(s.dependents for s in structure.sites.values()):
         return False
     return entry.make().surrogate.check_structure(structure) is None
+
+
+def entry_of(elbo):
+    """The first registry entry of ``elbo``'s class (``None`` for an unregistered class)."""
+    for entry in REGISTRY.values():
+        if entry.cls is type(elbo):
+            return entry
+    return None
 
 
 def alternatives(elbo, structure, vectorized=True):

@@ -16,7 +16,7 @@ from .errors import EstimatorError, suggest
 from .replay import Replay
 from .samplers import Sampler
 from .straight_through import _LinearModel, _LinearSite
-from .structure import LEFT_DIMS, PER_ELEMENT, UNMASKED
+from .structure import INDEPENDENT, LEFT_DIMS, PER_ELEMENT, UNMASKED
 from .traces import get_importance_traces, score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, batch_dims, site_kind, site_logits
 
@@ -121,7 +121,7 @@ class RELAXSurrogate(Surrogate):
     variance objective ``mean(g**2)`` for those parameters.
     """
 
-    assumes = frozenset([LEFT_DIMS, PER_ELEMENT, UNMASKED])
+    assumes = frozenset([INDEPENDENT, LEFT_DIMS, PER_ELEMENT, UNMASKED])
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 

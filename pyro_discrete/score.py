@@ -67,17 +67,13 @@ class ScoreFunction(Surrogate):
         _, surrogate_elbo = particles.pathwise_terms()
         surrogate = -surrogate_elbo
         objectives = {}
+        baseline_losses = []
         for score_site in particles.score_sites():
-            options = score_site.site["infer"].get("baseline")
-            if options is not None:  # TraceGraph_ELBO's per-site options
-                self.tracegraph.check(self.owner, score_site.name, options)
-                value, objective = self.tracegraph(score_site, options)
-                if objective is not None:  # as TraceGraph_ELBO: the squared error in the surrogate
-                    surrogate = surrogate + objective / particles.num_particles
-                centered = score_site.cost - (value.detach() if torch.is_tensor(value) else value)
-                surrogate = surrogate + (score_site.score * centered).sum()
-                if step.update:
-                    self.tracegraph.update(score_site, options)
+            if score_site.site["infer"].get("baseline") is not None:  # TraceGraph_ELBO's per-site options
+                term, loss = self._tracegraph_term(particles, score_site, step)
+                surrogate = surrogate + term
+                if loss is not None:
+                    baseline_losses.append(loss)
                 continue
             baseline = self.baseline_for(score_site.name, score_site.site)
             if step.elbo.jit_compile and baseline.stateful:
@@ -86,6 +82,8 @@ class ScoreFunction(Surrogate):
                     "site '{}' uses the baseline {!r}, which keeps state between steps and cannot be "
                     "compiled (jit_compile=True); use 'loo' or None for that site, or "
                     "jit_compile=False.".format(score_site.name, baseline),
+                    sites=(score_site.name,),
+                    requirement="stateless_for_jit",
                 )
             value = baseline(score_site)
             if baseline.auxiliary is not None:
@@ -100,7 +98,40 @@ class ScoreFunction(Surrogate):
         surrogate = surrogate / particles.num_particles
         for auxiliary, objective in objectives.items():
             surrogate = surrogate + auxiliary.term(objective / particles.num_particles)
+        for loss in baseline_losses:  # as TraceGraph_ELBO: the squared errors, averaged over particles
+            surrogate = surrogate + loss / particles.num_particles
         return surrogate
+
+    def _tracegraph_term(self, particles, score_site, step):
+        """
+        ``(score term, squared error or None)`` of a site with TraceGraph_ELBO's
+        baseline options, summed over particles: each trace's own options (a
+        ``baseline_value`` is computed per trace), as TraceGraph_ELBO does.
+        """
+        name = score_site.name
+        if len(particles.pairs) == 1:
+            parts = [(score_site.site, score_site.score, score_site.cost)]
+        else:  # looped particles: stacked along the first dim
+            parts = [
+                (pair.guide_trace.nodes[name], score_site.score[i], score_site.cost[i])
+                for i, pair in enumerate(particles.pairs)
+            ]
+        term, loss = 0.0, None
+        for site, score, cost in parts:
+            options = site["infer"]["baseline"]
+            self.tracegraph.check(self.owner, name, options)
+            # looped particles share the site's average and update it one after another, as TraceGraph_ELBO's
+            value, objective = self.tracegraph(self.owner, name, cost, options)
+            centered = cost - (value.detach() if torch.is_tensor(value) else value)
+            term = term + (score * centered).sum()
+            if objective is not None:
+                loss = objective if loss is None else loss + objective
+            if step.update:
+                self.tracegraph.update(name, cost, options)
+        return term, loss
+
+    def configuration(self):
+        return "{}(baseline={!r})".format(type(self).__name__, self.baseline)
 
     def auxiliary_modules(self):
         baselines = [self.baseline] + list(self.site_baselines.values())

@@ -69,9 +69,11 @@ from torch.distributions import Bernoulli, Categorical, OneHotCategorical, const
 from .util import CONTINUOUS, innermost_distribution, preserved_rng, sample_sites, site_kind
 
 __all__ = [
+    "INDEPENDENT",
     "LEFT_DIMS",
     "PARTICLE_PLATE",
     "PER_ELEMENT",
+    "SINGLE_SITE",
     "UNMASKED",
     "SiteStructure",
     "Structure",
@@ -380,6 +382,10 @@ def _compare(result, base, probed, index):
 LEFT_DIMS = "left_dims_not_mixed"
 #: the assumption of estimators that replay every element of a plate at once (IndeCateR, RELAX, sets, enumeration)
 PER_ELEMENT = "replayable_per_element"
+#: the assumption of estimators that replay a discrete site holding the other guide sites at their values
+INDEPENDENT = "no_guide_dependencies"
+#: the assumption of estimators that draw one discrete site's values together (the set estimators)
+SINGLE_SITE = "one_discrete_site"
 #: the assumption of relaxations: no mask is a function of a discrete guide site
 UNMASKED = "masks_not_from_discrete"
 
@@ -390,6 +396,30 @@ def check_assumptions(assumes, structure, names=None):
     guide sites ``names`` (default: all), else ``(sites, requirement, message)``
     for the first that fails.
     """
+    if SINGLE_SITE in assumes and len(structure.sites) > 1:
+        message = (
+            "this estimator draws the values of one discrete guide site together, and the guide has {}: {}.".format(
+                len(structure.sites), ", ".join("'{}'".format(n) for n in structure.sites)
+            )
+        )
+        return tuple(structure.sites), SINGLE_SITE, message
+    if INDEPENDENT in assumes:
+        for s in structure.sites.values():
+            if names is not None and s.name not in names:
+                continue
+            if s.dependents:
+                later = sorted(s.dependents)
+                message = (
+                    "guide site{} {} depend{} on the value of discrete guide site '{}', which this estimator "
+                    "evaluates at other values while holding the later sites at theirs; its gradient would be "
+                    "wrong.".format(
+                        "s" if len(later) > 1 else "",
+                        ", ".join("'{}'".format(n) for n in later),
+                        "" if len(later) > 1 else "s",
+                        s.name,
+                    )
+                )
+                return (s.name,) + tuple(later), INDEPENDENT, message
     if LEFT_DIMS in assumes:
         mixed = structure.mixed_particles(names)
         if mixed:

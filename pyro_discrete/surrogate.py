@@ -190,6 +190,8 @@ class Step:
         self.elbo, self.model, self.guide, self.args, self.kwargs = elbo, model, guide, args, kwargs
         self.update = update
         self.evaluations = 0
+        #: whether this step's costs are TraceGraph_ELBO's downstream costs (provenance)
+        self.track_dependencies = bool(elbo.track_dependencies)
         #: the :class:`~pyro_discrete.structure.Structure` of the model and guide (``None`` if not analyzed)
         self.structure = None
 
@@ -273,6 +275,13 @@ class Surrogate:
 
     def after_step(self):
         """Called once per gradient step that may update state."""
+
+    def configuration(self):
+        """
+        What a state of this surrogate is a state of (a string): its class, and
+        what else decides the meaning of its state (see :meth:`DiscreteELBO.load_state_dict`).
+        """
+        return type(self).__name__
 
     def state_dict(self):
         """The surrogate's state (moving averages, ...), for :meth:`DiscreteELBO.state_dict`."""

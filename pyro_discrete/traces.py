@@ -240,14 +240,20 @@ def check_infer_keys(elbo, guide_trace, honored=()):
                 continue
             warned.add((name, key))
             if key == "baseline":
-                advice = "it is read by TraceScoreELBO and Pyro's TraceGraph_ELBO"
+                options = infer[key]
+                shown = "{{{}}}".format(", ".join("'{}': ...".format(k) for k in options)) if options else "{}"
+                trained = [k for k in ("nn_baseline", "baseline_value") if isinstance(options, dict) and k in options]
+                advice = "it is read by TraceScoreELBO and Pyro's TraceGraph_ELBO{}".format(
+                    "; the network behind its {} is not used and not trained".format(trained[0]) if trained else ""
+                )
             else:
+                shown = repr(infer[key])
                 advice = "the site is sampled; to sum over its values use ExpectELBO or Pyro's TraceEnum_ELBO"
             warnings.warn(
                 estimator_error(
                     elbo,
-                    "guide site '{}' has infer={{'{}': {!r}}}, which this estimator ignores: {}.".format(
-                        name, key, infer[key], advice
+                    "guide site '{}' has infer={{'{}': {}}}, which this estimator ignores: {}.".format(
+                        name, key, shown, advice
                     ),
                 ),
                 IgnoredInferOption,

@@ -39,7 +39,7 @@ from .elbo import DiscreteELBO, Surrogate
 from .errors import EstimatorError, suggest
 from .gumbel import gumbel_top_k, inclusion_log_ratios, stochastic_beam_search
 from .samplers import Sampler
-from .structure import LEFT_DIMS, PER_ELEMENT
+from .structure import LEFT_DIMS, PER_ELEMENT, SINGLE_SITE
 from .traces import StructureChecks
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, latent_shape, sample_sites, site_kind, site_logits
 
@@ -183,7 +183,7 @@ class WeightedSamples(Surrogate):
     docstring), for the samplers of this module and of sum-and-sample.
     """
 
-    assumes = frozenset([LEFT_DIMS, PER_ELEMENT])
+    assumes = frozenset([SINGLE_SITE, LEFT_DIMS, PER_ELEMENT])
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 

@@ -20,8 +20,11 @@ __all__ = [
     "innermost_distribution",
     "is_sampled",
     "latent_shape",
+    "preserved_rng",
+    "rng_state",
     "sample_sites",
     "site_kind",
+    "set_rng_state",
     "site_logits",
     "total",
 ]
@@ -119,6 +122,23 @@ _CATEGORICAL_TYPES = (Categorical, pyro.distributions.Categorical)
 _BERNOULLI_TYPES = (Bernoulli, pyro.distributions.Bernoulli)
 
 
+def _cuda_devices():
+    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+
+
+def rng_state():
+    """The state of torch's CPU generator and of the current CUDA device's (when CUDA is in use)."""
+    return torch.random.get_rng_state(), [(d, torch.cuda.get_rng_state(d)) for d in _cuda_devices()]
+
+
+def set_rng_state(state):
+    """Restores what :func:`rng_state` returned."""
+    cpu, cuda = state
+    torch.random.set_rng_state(cpu)
+    for device, value in cuda:
+        torch.cuda.set_rng_state(value, device)
+
+
 def preserved_rng():
     """
     A context in which random numbers may be drawn without advancing the
@@ -126,5 +146,4 @@ def preserved_rng():
     when CUDA is in use): for dry runs, such as guessing ``max_plate_nesting``,
     that must not change what the next step draws.
     """
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    return torch.random.fork_rng(devices=devices)
+    return torch.random.fork_rng(devices=_cuda_devices())

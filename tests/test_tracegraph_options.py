@@ -14,6 +14,7 @@ from torch import nn
 
 from pyro_discrete import TraceScoreELBO
 from pyro_discrete.baselines import NeuralBaseline
+from pyro_discrete.errors import EstimatorError
 from pyro_discrete.traces import IgnoredInferOption
 
 from common import check_unbiased, gradient_draws, init_params, make_family, reference
@@ -136,3 +137,88 @@ def test_errors():
         TraceScoreELBO(num_particles=2).differentiable_loss(model, guide_with(both))
     with pytest.raises(ValueError, match="leave-one-out"):
         TraceScoreELBO(num_particles=1, baseline=NeuralBaseline(nn.Linear(2, 1), loo=True))
+
+
+# ----------------------------------------------------------------------
+# a guide written for TraceGraph_ELBO, ported by changing the loss: the same gradient, draw for draw
+# ----------------------------------------------------------------------
+def _grads(elbo, model, guide, net, steps=3):
+    pyro.set_rng_seed(1)
+    params = list(net.parameters())
+    for _ in range(steps):
+        for p in params:
+            p.grad = None
+        elbo.loss_and_grads(model, guide, data())
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("options", [("value",), ("nn",), ("avg",), ("avg", "nn")])
+@pytest.mark.parametrize("particles,vectorize", [(1, True), (4, True), (4, False)])
+def test_default_equals_tracegraph_elbo(options, particles, vectorize):
+    # no track_dependencies: a guide with TraceGraph_ELBO's options gets its downstream costs by default; the
+    # network's squared error is averaged over particles once (it was divided by the particle count twice)
+    if vectorize and particles > 1 and options != ("avg",):
+        pytest.skip("the guide's network and value give one number per data point: TraceGraph_ELBO refuses them too")
+    model, guide, net = make(options)
+    kwargs = dict(num_particles=particles, vectorize_particles=vectorize, max_plate_nesting=1)
+    ours = _grads(TraceScoreELBO(**kwargs), model, guide, net)
+    theirs = _grads(TraceGraph_ELBO(**kwargs), model, guide, net)
+    for (name, _), a, b in zip(net.named_parameters(), ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10), name
+
+
+def test_baseline_value_is_trained():
+    # AIR computes baseline_value with its own network: the squared error reaches it, as in TraceGraph_ELBO
+    def model():
+        pyro.sample("z", dist.Bernoulli(0.3))
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    def guide():
+        value = pyro.param("b", torch.tensor(0.4))
+        pyro.sample(
+            "z",
+            dist.Bernoulli(logits=pyro.param("q", torch.tensor(0.2))),
+            infer={"baseline": {"baseline_value": value}},
+        )
+
+    loss = TraceScoreELBO().differentiable_loss(model, guide)
+    (grad,) = torch.autograd.grad(loss, [pyro.param("b").unconstrained()])
+    assert grad.abs() > 0
+
+
+@pytest.mark.parametrize("particles", [1, 4])
+def test_a_baseline_of_the_wrong_shape_is_an_error(particles):
+    net = nn.Linear(3, 1)  # (N, 1) for a plate of N: TraceGraph_ELBO refuses it, so do we
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(0.5))
+
+    def guide(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample(
+                "z",
+                dist.Bernoulli(logits=pyro.param("q", torch.zeros(4))),
+                infer={"baseline": {"nn_baseline": net, "nn_baseline_input": x}},
+            )
+
+    with pytest.raises(EstimatorError) as info:
+        TraceScoreELBO(num_particles=particles).differentiable_loss(model, guide, data())
+    assert info.value.sites == ("z",) and info.value.requirement == "baseline_shape"
+
+
+def test_a_state_of_another_estimator_is_an_error():
+    from pyro_discrete import RELAXELBO
+
+    model, guide, _ = make(("avg",))
+    source = TraceScoreELBO(num_particles=1, baseline="moving_average")
+    source.differentiable_loss(model, guide, data())
+    with pytest.raises(EstimatorError) as info:
+        RELAXELBO().load_state_dict(source.state_dict())
+    assert info.value.requirement == "state" and "TraceScoreELBO" in str(info.value)
+    with pytest.raises(EstimatorError):  # the same class in another configuration
+        TraceScoreELBO(num_particles=2, baseline="loo").load_state_dict(source.state_dict())
+    with pytest.raises(EstimatorError):  # malformed: no KeyError
+        TraceScoreELBO().load_state_dict({"surrogate": {}})
+    TraceScoreELBO(num_particles=1, baseline="moving_average").load_state_dict(source.state_dict())
