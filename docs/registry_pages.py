@@ -229,6 +229,26 @@ def registry_tables(out_dir):
     )
     written.append(os.path.join(out_dir, "decision.rst"))
 
+    # the assumptions each estimator rests on, beyond unmixed particles (pyro_discrete.structure)
+    from pyro_discrete import structure
+
+    assumptions = [
+        structure.INDEPENDENT,
+        structure.SINGLE_SITE,
+        structure.LEFT_DIMS,
+        structure.PER_ELEMENT,
+        structure.UNMASKED,
+    ]
+    rows = [
+        ["``{}``".format(e.name)] + [_yes(a in e.make().surrogate.assumes) for a in assumptions]
+        for e in REGISTRY.values()
+    ]
+    _write(
+        os.path.join(out_dir, "assumptions.rst"),
+        list_table(["estimator"] + ["``{}``".format(a) for a in assumptions], rows),
+    )
+    written.append(os.path.join(out_dir, "assumptions.rst"))
+
     pyro_rows = [["``{}``".format(name), ":class:`~pyro.infer.{}`".format(_pyro_class(name))] for name in PYRO_ELBOS]
     _write(os.path.join(out_dir, "pyro_elbos.rst"), list_table(["name", "Pyro ELBO"], pyro_rows))
     written.append(os.path.join(out_dir, "pyro_elbos.rst"))

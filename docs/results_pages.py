@@ -26,6 +26,7 @@ INCLUDED_RESULTS = [
     "real_models/real_models",
     "compare/compare",
     "structures",
+    "random_structures",
     "arsm_step",
     "grid_summary",
     "examples/tutorial_mnist",

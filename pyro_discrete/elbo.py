@@ -424,7 +424,7 @@ class DiscreteELBO(ELBO):
             structure = analyze(step.model, step.guide, step.args, step.kwargs)
         except Exception:  # noqa: BLE001
             structure = None
-        looped = [] if structure is None else alternatives(self, structure, vectorized=False)
+        looped = [] if structure is None else alternatives(self, structure, vectorized=False, left_dims=False)
         entry = entry_of(self)
         if entry is not None and not entry.vectorized_only:
             fix = "pass vectorize_particles=False to run the particles one after another"

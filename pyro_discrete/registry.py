@@ -150,7 +150,7 @@ def make(name, num_particles=None, **options):
     return entry.make(**options)
 
 
-def takes(entry, structure, vectorized=True):
+def takes(entry, structure, vectorized=True, left_dims=True):
     """
     Whether the registered estimator ``entry`` takes a model and guide of this
     :class:`~pyro_discrete.structure.Structure`: the kinds of its discrete guide
@@ -159,9 +159,9 @@ def takes(entry, structure, vectorized=True):
     against the structure.
     """
     if structure.mixed_particles():  # only looped particles keep them apart, and no value laid out left of the plates
-        if entry.cost != "particles":
-            return False
-        vectorized = False
+        vectorized, left_dims = False, False
+    if not left_dims and entry.cost != "particles":  # replays, enumeration and sets use a dim left of the plates
+        return False
     if not vectorized and entry.vectorized_only:
         return False
     kinds = {s.kind for s in structure.sites.values()}
@@ -182,11 +182,13 @@ def entry_of(elbo):
     return None
 
 
-def alternatives(elbo, structure, vectorized=True):
+def alternatives(elbo, structure, vectorized=True, left_dims=True):
     """
     The registry names of the unbiased estimators of the ELBO that take this
     structure (:func:`takes`), other than ``elbo``'s own class -- unless
-    ``vectorized`` is false and that class runs looped particles.
+    ``vectorized`` is false and that class runs looped particles. With
+    ``left_dims`` false, the model does not broadcast over a batch dim left of
+    its plates: only estimators that need none (looped particles) are named.
     """
     own = type(elbo)
     found = []
@@ -195,7 +197,7 @@ def alternatives(elbo, structure, vectorized=True):
             continue
         if entry.cls is own and vectorized:
             continue
-        if takes(entry, structure, vectorized):
+        if takes(entry, structure, vectorized, left_dims):
             found.append(entry.name)
     return found
 

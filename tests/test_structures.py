@@ -21,6 +21,7 @@ from structures import STRUCTURES
 
 from pyro_discrete import ExpectELBO
 from pyro_discrete.drawing import count_plate_dims as _plate_nesting
+from pyro_discrete.errors import EstimatorError
 from pyro_discrete.registry import REGISTRY
 from pyro_discrete.statistics import draw_statistics, draws_plate
 from pyro_discrete.structure import PER_ELEMENT
@@ -59,7 +60,7 @@ def predict(structure, entry, vectorize=True):
     if entry.single_site and structure.discrete_sites > 1:
         return ERROR, "several discrete sites"
     if structure.discrete_dependency and not entry.guide_dependencies:
-        return ERROR, "depends on the value of the discrete guide site"
+        return ERROR, "depends on the value of (the )?discrete guide site"
     if not structure.enumerable and (entry.exact or entry.cost == "set"):
         return ERROR, "is outside a plate|does not vary along batch dim"
     if not structure.extra_dims_broadcast and entry.cost in ("replay", "enumeration"):
@@ -95,8 +96,28 @@ def run(structure, make_elbo):
         # by name: a new estimator instance registers its own auxiliary tensors (with the stored values)
         params = _store_params()
     except (ValueError, NotImplementedError) as e:
+        _LAST_ERROR[0] = e
         return ERROR, str(e)
     return PASS, (loss, dloss, lg, params, dgrads, elbo)
+
+
+_LAST_ERROR = [None]
+#: (structure, estimator, vectorized) -> outcome of a suggested estimator, run once per session
+_SUGGESTED = {}
+
+
+def _check_suggestions(structure):
+    """The estimators that the last error suggested run the structure (looped, when it says so)."""
+    error = _LAST_ERROR[0]
+    if not isinstance(error, EstimatorError):
+        return
+    vectorize = error.requirement not in ("particles_not_mixed", "broadcasts_left_of_plates", "left_dims_not_mixed")
+    for name in error.alternatives:
+        key = (structure.name, name, vectorize)
+        if key not in _SUGGESTED:
+            _SUGGESTED[key] = _outcome(structure, REGISTRY[name], vectorize=vectorize)[:2]
+        outcome, detail = _SUGGESTED[key]
+        assert outcome == PASS, "suggested {} does not run {}: {}".format(name, structure.name, detail)
 
 
 def _store_params():
@@ -145,6 +166,7 @@ def test_structure(estimator, structure_name):
         outcome, detail, _ = _outcome(structure, entry)
         assert outcome == ERROR, "{} mixed the vectorized particles without an error".format(estimator)
         _check_clear_error(entry, detail, "in more than one vectorized particle")
+        _check_suggestions(structure)
         if entry.vectorized_only:
             return
         outcome, detail, _ = _outcome(structure, entry, vectorize=False)
@@ -155,6 +177,7 @@ def test_structure(estimator, structure_name):
     if outcome == ERROR:
         assert predicted == ERROR, "{} raised on a structure it should take: {}".format(estimator, detail)
         _check_clear_error(entry, detail, pattern)
+        _check_suggestions(structure)
     else:
         assert predicted == PASS, "{} took a structure it should refuse".format(estimator)
         _check_agreement(entry, detail)
