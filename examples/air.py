@@ -175,7 +175,7 @@ class AIR(nn.Module):
 
     def count(self, data):
         """The number of objects the guide finds in each image (one draw)."""
-        trace = pyro.poutine.trace(pyro.poutine.block(self.guide)).get_trace(data)
+        trace = pyro.poutine.trace(self.guide).get_trace(data)
         return sum(trace.nodes["z_pres_{}".format(t)]["value"] for t in range(self.steps))
 
 
@@ -234,8 +234,8 @@ def _baseline_error(air, batch):
     # the squared error of the baseline network against the first presence site's cost (this package's sign), one draw
     from pyro_discrete.costs import site_costs
 
-    guide_trace = pyro.poutine.trace(pyro.poutine.block(air.guide)).get_trace(batch)
-    model_trace = pyro.poutine.trace(pyro.poutine.replay(pyro.poutine.block(air.model), guide_trace)).get_trace(batch)
+    guide_trace = pyro.poutine.trace(air.guide).get_trace(batch)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(air.model, guide_trace)).get_trace(batch)
     model_trace.compute_log_prob()
     guide_trace.compute_score_parts()
     cost = site_costs(model_trace, guide_trace, ["z_pres_0"])["z_pres_0"]
@@ -258,10 +258,8 @@ def _plots(args, air, losses, baseline_errors, test_images):
     fig.savefig(os.path.join(args.out, "loss.png"), dpi=110)
     plt.close(fig)
     with torch.no_grad():
-        trace = pyro.poutine.trace(pyro.poutine.block(air.guide)).get_trace(test_images[:8])
-        replay = pyro.poutine.trace(pyro.poutine.replay(pyro.poutine.block(air.model), trace)).get_trace(
-            test_images[:8]
-        )
+        trace = pyro.poutine.trace(air.guide).get_trace(test_images[:8])
+        replay = pyro.poutine.trace(pyro.poutine.replay(air.model, trace)).get_trace(test_images[:8])
         mean = replay.nodes["obs"]["fn"].base_dist.loc
         counts = sum(trace.nodes["z_pres_{}".format(t)]["value"] for t in range(air.steps))
     fig, axes = plt.subplots(2, 8, figsize=(10, 2.8))
