@@ -19,7 +19,7 @@ from random_structures import CLEAR, WORKS, WRONG, Structure, classify, init_par
 from pyro_discrete import ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO
 from pyro_discrete.errors import EstimatorError
 from pyro_discrete.registry import REGISTRY
-from pyro_discrete.structure import LEFT_DIMS, PER_ELEMENT, UNMASKED
+from pyro_discrete.structure import INDEPENDENT, LEFT_DIMS, PER_ELEMENT, UNMASKED
 
 DATA = torch.tensor([0.4, -1.1, 1.7])
 
@@ -248,7 +248,8 @@ def test_6_relaxations_refuse_a_mask_that_depends_on_a_discrete_site(estimator):
     model, guide = _presence_masks()
     structure = _structure("presence_masks", model, guide)
     error = _error(estimator, structure)
-    assert error.requirement == UNMASKED and error.sites == ("present",)
+    # RELAX replays the presence sites, which the guide's 'where' depends on: that is checked first
+    assert error.requirement == (INDEPENDENT if estimator == "rebar" else UNMASKED) and "present" in error.sites
     assert "loo" in error.alternatives
 
 
