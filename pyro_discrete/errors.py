@@ -70,13 +70,7 @@ class EstimatorError(ValueError, NotImplementedError):
 
 def estimator_error(elbo, message):
     """Prefix an error message with the estimator's name (an ELBO, a class or a string)."""
-    if isinstance(elbo, str):
-        name = elbo
-    elif isinstance(elbo, type):
-        name = elbo.__name__
-    else:
-        name = type(elbo).__name__
-    return "{}: {}".format(name, message)
+    return "{}: {}".format(_estimator_name(elbo), message)
 
 
 def _join(names):
