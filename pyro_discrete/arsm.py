@@ -9,7 +9,7 @@ from .costs import broadcast_cost, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
 from .errors import EstimatorError
 from .samplers import Sampler
-from .structure import INDEPENDENT, LEFT_DIMS, check_assumptions
+from .structure import INDEPENDENT, LEFT_DIMS
 from .traces import score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, site_kind, site_logits
 
@@ -204,11 +204,6 @@ class PseudoActionGradient(Surrogate):
     """
 
     assumes = frozenset([INDEPENDENT, LEFT_DIMS])
-
-    def check_structure(self, structure):
-        # a Bernoulli site's pseudo-action is one row: a model that reduces over the row dim mixes nothing
-        names = [name for name, site in structure.sites.items() if site.kind != BERNOULLI]
-        return check_assumptions({INDEPENDENT}, structure) or check_assumptions({LEFT_DIMS}, structure, names)
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 

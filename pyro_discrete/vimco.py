@@ -38,6 +38,31 @@ def bound_dims(traces):
     return sorted(dim for _, dim in common or ())
 
 
+def _check_subsampling(elbo, traces, dims, structure):
+    # a subsampled plate inside one bound (a plate not holding every site): the bound of a subsample, scaled up,
+    # estimates no bound of the whole data (log mean_k w_k is not linear in the plate's terms)
+    for trace in traces:
+        for name, site in sample_sites(trace):
+            for f in site["cond_indep_stack"]:
+                subsampled = f.full_size not in (None, f.size)
+                if f.vectorized and f.name != PARTICLE_PLATE and subsampled and f.dim not in dims:
+                    from .registry import alternatives
+
+                    names = alternatives(elbo, structure) if structure is not None else []
+                    raise EstimatorError(
+                        elbo,
+                        "site '{}' is in plate '{}', subsampled ({} of {}), but not every site is in that plate, "
+                        "so the plate's elements share one multi-sample bound; the bound of a subsample, scaled "
+                        "up, estimates no bound of the whole data. Subsample only a plate that holds every site "
+                        "(the data plate of a VAE), or optimize the ELBO{}.".format(
+                            name, f.name, f.size, f.full_size, " ({})".format(", ".join(names)) if names else ""
+                        ),
+                        sites=(name,),
+                        requirement="subsampled_plate_holds_every_site",
+                        alternatives=names,
+                    )
+
+
 def _scale(elbo, traces):
     # the one subsampling scale shared by every site (a multi-sample bound cannot mix scales); a tensor scale
     # (per element) is allowed when it is the same for every site
@@ -124,7 +149,9 @@ class MultiSampleBound(Surrogate):
         """``(log_w (K, elements...), scale)``; ``log_w`` is ``None`` without any term."""
         pairs = particles.pairs
         dims = bound_dims([t for pair in pairs for t in (pair.model_trace, pair.guide_trace)])
-        scale = _scale(particles.step.elbo, [pairs[0].model_trace, pairs[0].guide_trace])
+        traces = [pairs[0].model_trace, pairs[0].guide_trace]
+        _check_subsampling(particles.step.elbo, traces, dims, particles.step.structure)
+        scale = _scale(particles.step.elbo, traces)
         parts = [log_weights(pair, dims, which) for pair in pairs]
         if any(p is None for p in parts):
             return None, scale

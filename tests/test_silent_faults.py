@@ -14,6 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from random_structures import CLEAR, WORKS, WRONG, Structure, classify, init_params, negative_control
 
 from pyro_discrete import ExpectELBO, RelaxedConcreteELBO, TraceScoreELBO
@@ -256,3 +257,52 @@ def test_6_relaxations_refuse_a_mask_that_depends_on_a_discrete_site(estimator):
 def test_negative_control_is_flagged():
     structure = _global_term_of_several_elements()
     assert classify(structure, negative_control).outcome == WRONG
+
+
+# ----------------------------------------------------------------------
+# found by the 300-seed sweep: ARSM's batched replay of several sites, VIMCO on a subsample inside one bound
+# ----------------------------------------------------------------------
+def _bernoulli_reduced_beside_a_categorical():
+    def model():
+        c = pyro.param("coef", torch.tensor(0.7))
+        with pyro.plate("a", 2):
+            z = pyro.sample("z", dist.Bernoulli(0.4))
+        y = pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
+        pyro.sample("x", dist.Normal(c * z.sum() + 0.5 * y, 1.0), obs=torch.tensor(1.3))
+
+    def guide():
+        with pyro.plate("a", 2):
+            pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.tensor([0.3, -0.5]))))
+        pyro.sample("y", dist.Categorical(logits=pyro.param("r", torch.tensor([0.1, 0.4, -0.2]))))
+
+    return _structure("bernoulli_reduced_beside_a_categorical", model, guide, draws_safe=False)
+
+
+@pytest.mark.parametrize("estimator", ["arsm", "arm"])
+def test_arsm_refuses_a_reduction_over_rows_it_batches_with_other_sites(estimator):
+    # one batched replay holds z's row and y's rows: z.sum() over every dim would add up rows (before: a raw
+    # shape error, or with a scalar term no error and a wrong gradient)
+    structure = _bernoulli_reduced_beside_a_categorical()
+    error = _error(estimator, structure, num_particles=1)
+    assert error.requirement == LEFT_DIMS and "z" in error.sites
+
+
+def test_vimco_refuses_a_subsampled_plate_inside_one_bound():
+    # a global latent and a subsampled local one: every site's scale may agree (here 2), yet the bound of a
+    # subsample scaled up estimates no bound of the whole data (before: a value and gradient without an error)
+    def model():
+        g = pyro.sample("g", dist.Bernoulli(0.5))
+        with pyro.plate("a", 2, subsample_size=1) as idx:
+            z = pyro.sample("z", dist.Bernoulli(0.3))
+            pyro.sample("x", dist.Normal(z + g, 1.0), obs=DATA[:2][idx])
+
+    def guide():
+        with poutine.scale(scale=2.0):
+            pyro.sample("g", dist.Bernoulli(logits=pyro.param("p", torch.tensor(0.2))))
+        with pyro.plate("a", 2, subsample_size=1):
+            pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.tensor(0.1))))
+
+    structure = _structure("subsampled_inside_one_bound", poutine.scale(model, 1.0), guide)
+    error = _error("vimco", structure)
+    assert error.requirement == "subsampled_plate_holds_every_site" and error.sites == ("z",)
+    assert error.alternatives and "vimco" not in error.alternatives
