@@ -9,7 +9,7 @@ from .costs import broadcast_cost, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
 from .errors import EstimatorError
 from .samplers import Sampler
-from .structure import INDEPENDENT, LEFT_DIMS
+from .structure import INDEPENDENT, LEFT_DIMS, check_assumptions
 from .traces import score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, site_kind, site_logits
 
@@ -204,6 +204,15 @@ class PseudoActionGradient(Surrogate):
     """
 
     assumes = frozenset([INDEPENDENT, LEFT_DIMS])
+
+    def check_structure(self, structure):
+        # a lone Bernoulli site's pseudo-action is one row: a model that moves the row dim mixes nothing. With
+        # several discrete sites every site's rows go into one batched replay, and they would mix.
+        sites = structure.sites
+        lone_bernoulli = len(sites) == 1 and next(iter(sites.values())).kind == BERNOULLI
+        return check_assumptions({INDEPENDENT}, structure) or check_assumptions(
+            {LEFT_DIMS}, structure, [] if lone_bernoulli else None
+        )
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 

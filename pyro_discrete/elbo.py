@@ -21,6 +21,8 @@ estimator's state may advance. :meth:`~DiscreteELBO.loss` asks for no
 gradient, so it runs the model once per particle and nothing else.
 """
 
+import contextlib
+
 import pyro
 import torch
 from pyro.infer.elbo import ELBO, ELBOModule
@@ -30,7 +32,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro.util import check_site_shape, warn_if_nan
 
 from .compile import CompileCache
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .samplers import IIDSampler
 from .structure import PARTICLE_PLATE, analyze
 from .surrogate import Particles, ScoreSite, Step, Surrogate, TracePair
@@ -48,6 +50,9 @@ from .util import (
 )
 
 __all__ = ["DiscreteELBO", "Particles", "ScoreSite", "Step", "Surrogate", "TracePair"]
+
+# requirements about batch dims left of the plates: the estimators that take such a model run looped particles
+_LOOPED_REQUIREMENTS = frozenset(["left_dims_not_mixed", "broadcasts_left_of_plates", "particles_not_mixed"])
 
 
 # ----------------------------------------------------------------------
@@ -391,16 +396,11 @@ class DiscreteELBO(ELBO):
             self,
             "enumerates the guide's discrete sites along batch dims left of the plates (from dim {}), and "
             "the run failed{}: the model and guide must broadcast over those dims, as for Pyro's parallel "
-            "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims), "
-            "or {}. The error was: {}: {}".format(
-                -self.max_plate_nesting - 1,
-                where,
-                suggest(exclude=self, require=lambda e: e.cost == "particles" and e.objective == "elbo"),
-                type(error).__name__,
-                error,
-            ),
+            "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims). "
+            "The error was: {}: {}.".format(-self.max_plate_nesting - 1, where, type(error).__name__, error),
             sites=sites,
             requirement="broadcasts_left_of_plates",
+            suggest=lambda e: e.cost == "particles",
         ) from error
 
     def _explain_broadcast_failure(self, error, step, sampler):
@@ -483,8 +483,66 @@ class DiscreteELBO(ELBO):
     # ------------------------------------------------------------------
     # the step
     # ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _suggesting(self, model, guide, args, kwargs):
+        """Errors raised inside get their alternatives, from the structure at hand, on their way out."""
+        try:
+            yield
+        except EstimatorError as error:
+            if error.pending is not None:
+                self._suggest(error, model, guide, args, kwargs)
+            raise
+
+    def _suggest(self, error, model, guide, args, kwargs):
+        """
+        Fill in ``error``'s alternatives: the registered unbiased estimators of
+        the ELBO that take this model and guide (:func:`registry.alternatives`
+        on a fresh structural analysis; RNG state kept), and that satisfy the
+        error's own predicate. Requirements about dims left of the plates
+        name estimators that run looped particles.
+        """
+        from .registry import REGISTRY, alternatives
+
+        looped = error.pending.requirement in _LOOPED_REQUIREMENTS
+        structure = None
+        with preserved_rng(), pyro.poutine.block(), torch.no_grad():
+            runs = [(model, guide)]
+            if self.max_plate_nesting == float("inf"):
+                try:
+                    self._guess_max_plate_nesting(model, guide, args, kwargs)
+                except Exception:  # noqa: BLE001 -- the model does not run: no structure
+                    pass
+            if self.max_plate_nesting != float("inf"):
+                dim = self._particle_dim() or -int(self.max_plate_nesting) - 1
+                runs.insert(0, (_in_plate(model, dim), _in_plate(guide, dim)))
+            for i, (m, g) in enumerate(runs):
+                try:
+                    structure = analyze(m, g, args, kwargs)
+                except Exception:  # noqa: BLE001 -- a model the analysis cannot run
+                    continue
+                # only the plain run ran: the model does not broadcast over a dim left of its plates
+                looped = looped or (i > 0 and len(runs) > 1)
+                break
+        if structure is not None:
+            looped = looped or bool(structure.mixed_particles())
+            names = alternatives(self, structure, vectorized=not looped, left_dims=not looped)
+        else:
+            names = [
+                n
+                for n, e in REGISTRY.items()
+                if e.unbiased and e.objective == "elbo" and (looped or e.cls is not type(self))
+            ]
+        predicate = error.pending.suggest
+        if callable(predicate):
+            names = [n for n in names if predicate(REGISTRY[n])]
+        error.complete(names, looped=looped)
+
     def _loss_and_surrogate(self, model, guide, args, kwargs, update):
         """``(loss, surrogate)`` of one gradient step; state advances only if ``update``."""
+        with self._suggesting(model, guide, args, kwargs):
+            return self._unsuggested_loss_and_surrogate(model, guide, args, kwargs, update)
+
+    def _unsuggested_loss_and_surrogate(self, model, guide, args, kwargs, update):
         if self.jit_compile:
             reason = self._jit_unsupported()
             if reason is not None:
@@ -524,7 +582,7 @@ class DiscreteELBO(ELBO):
             once per particle and computes nothing a gradient would need;
             changes no state.
         """
-        with torch.no_grad():
+        with torch.no_grad(), self._suggesting(model, guide, args, kwargs):
             step = Step(self, model, guide, args, kwargs, False)
             particles = self._draw(step, for_gradient=False)
             loss = torch_item(detach_provenance(self.surrogate.loss(particles)))

@@ -8,11 +8,20 @@ import math
 import torch
 
 from .elbo import DiscreteELBO, Surrogate
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .samplers import Sampler
 from .structure import LEFT_DIMS, PER_ELEMENT
 from .traces import StructureChecks, check_dims_follow_provenance
-from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, OTHER, innermost_distribution, sample_sites, total
+from .util import (
+    BERNOULLI,
+    CATEGORICAL,
+    CONTINUOUS,
+    ONEHOT,
+    innermost_distribution,
+    sample_sites,
+    support_size,
+    total,
+)
 
 __all__ = ["EnumerateSampler", "ExpectELBO", "Expectation", "joint_support"]
 
@@ -42,9 +51,8 @@ def joint_support(fn):
         values = base.enumerate_support(expand=False)
         return values.reshape((values.shape[0],) + base_event)
 
-    # the support size of the base, without building anything large
     num_values = values_of_base().shape[0]
-    size = num_values**num_latents
+    size = support_size(fn)
 
     def make():
         values = values_of_base()
@@ -87,8 +95,11 @@ class EnumerateSampler(Sampler):
             raise EstimatorError(
                 self.elbo,
                 "guide site '{}' is marked infer={{'enumerate': {!r}}} (not to be enumerated), but this "
-                "estimator sums over every discrete guide site. Remove the mark, or {} (they sample "
-                "it).".format(msg["name"], msg["infer"]["enumerate"], suggest(exclude=self.elbo)),
+                "estimator sums over every discrete guide site. Remove the mark, or sample the site with "
+                "another estimator.".format(msg["name"], msg["infer"]["enumerate"]),
+                sites=(msg["name"],),
+                requirement="enumerable",
+                suggest=True,
             )
         support = joint_support(fn)
         if support is None:
@@ -96,9 +107,12 @@ class EnumerateSampler(Sampler):
                 return  # continuous: sampled, pathwise gradient
             raise EstimatorError(
                 self.elbo,
-                "guide site '{}' ({}) can neither be enumerated nor reparameterized; {}.".format(
-                    msg["name"], type(innermost_distribution(fn)).__name__, suggest(OTHER, exclude=self.elbo)
+                "guide site '{}' ({}) can neither be enumerated nor reparameterized.".format(
+                    msg["name"], type(innermost_distribution(fn)).__name__
                 ),
+                sites=(msg["name"],),
+                requirement="site_kind",
+                suggest=True,
             )
         size, make = support
         if self.evaluations * size > self.budget:
@@ -107,14 +121,19 @@ class EnumerateSampler(Sampler):
                 self.elbo,
                 "enumerating guide site '{}' ({} values) would make {} joint configurations "
                 "of the discrete guide sites per plate element{}, over budget={}. Enumeration is "
-                "exact but its cost grows with the product of the support sizes: {}.".format(
+                "exact but its cost grows with the product of the support sizes{}.".format(
                     msg["name"],
                     size,
                     self.evaluations * size,
                     " (with {})".format(earlier) if earlier else "",
                     self.budget,
-                    _over_budget_advice(self.evaluations * size, self.budget, self.elbo),
+                    ": pass a larger budget=... if memory allows"
+                    if self.evaluations * size <= 100 * self.budget
+                    else "",
                 ),
+                sites=tuple(self.sizes) + (msg["name"],),
+                requirement="budget",
+                suggest=True,
             )
         self.evaluations *= size
         dim = self.next_dim
@@ -124,13 +143,6 @@ class EnumerateSampler(Sampler):
         msg["value"] = values.reshape((size,) + batch_ones + tuple(fn.event_shape))
         self.dims[msg["name"]] = dim
         self.sizes[msg["name"]] = size
-
-
-def _over_budget_advice(needed, budget, elbo):
-    sampling = suggest(exclude=elbo, require=lambda e: e.objective == "elbo")
-    if needed <= 100 * budget:
-        return "pass a larger budget=... if memory allows, or " + sampling
-    return sampling
 
 
 class ExpectELBO(DiscreteELBO):
@@ -272,17 +284,8 @@ class Expectation(Surrogate):
                     elbo,
                     "site '{}' is outside plate '{}' (batch dim {}) that the enumerated guide site '{}' is in, "
                     "and depends on it; exact enumeration cannot sum over the joint of all plate elements. "
-                    "Move '{}' into the plate, or {}.".format(
-                        name,
-                        f.name,
-                        f.dim,
-                        site_name,
-                        name,
-                        suggest(
-                            exclude=elbo,
-                            require=lambda e: e.objective == "elbo" and PER_ELEMENT not in e.make().surrogate.assumes,
-                        ),
-                    ),
+                    "Move '{}' into the plate.".format(name, f.name, f.dim, site_name, name),
                     sites=(site_name, name),
                     requirement=PER_ELEMENT,
+                    suggest=lambda e: PER_ELEMENT not in e.make().surrogate.assumes,
                 )

@@ -5,7 +5,7 @@ configuration, saying what it can do. The tests are parametrized over it (a
 registered estimator is enrolled in the unbiasedness, loss-method, dtype and
 device, compilation, error-message, state and benchmark checks), the
 benchmarks and the examples' ``--estimator`` options read it, and error
-messages draw their suggestions from it (:func:`~pyro_discrete.errors.suggest`).
+messages draw their alternatives from it (:func:`alternatives`, filtered by :func:`takes`).
 
 Adding an estimator is its module, one ``_register(Estimator(...))`` call in
 this module, and its docs page. :data:`REGISTRY` is read-only.
@@ -17,6 +17,7 @@ Example::
     [e.name for e in REGISTRY.values() if e.unbiased and "categorical" in e.site_kinds]
 """
 
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Optional
@@ -155,8 +156,9 @@ def takes(entry, structure, vectorized=True, left_dims=True):
     Whether the registered estimator ``entry`` takes a model and guide of this
     :class:`~pyro_discrete.structure.Structure`: the kinds of its discrete guide
     sites, their number, the guide sites that depend on them, looped particles
-    when ``vectorized`` is false, and every assumption its surrogate checks
-    against the structure.
+    when ``vectorized`` is false, the joint support within the budget of an
+    exact estimator, and every assumption its surrogate checks against the
+    structure.
     """
     if structure.mixed_particles():  # only looped particles keep them apart, and no value laid out left of the plates
         vectorized, left_dims = False, False
@@ -171,7 +173,12 @@ def takes(entry, structure, vectorized=True, left_dims=True):
         return False
     if not entry.guide_dependencies and any(s.dependents for s in structure.sites.values()):
         return False
-    return entry.make().surrogate.check_structure(structure) is None
+    elbo = entry.make()
+    if entry.cost == "enumeration":  # the joint support of one plate element, within the budget
+        sizes = [s.support for s in structure.sites.values()]
+        if None in sizes or math.prod(sizes) > getattr(elbo, "budget", math.inf):
+            return False
+    return elbo.surrogate.check_structure(structure) is None
 
 
 def entry_of(elbo):

@@ -12,7 +12,7 @@ from torch import nn
 from .auxiliary import Auxiliary
 from .costs import broadcast_cost, cost_terms, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .replay import Replay
 from .samplers import Sampler
 from .straight_through import _LinearModel, _LinearSite
@@ -142,9 +142,10 @@ class RELAXSurrogate(Surrogate):
                 elbo,
                 "guide site '{}' is a Categorical (index) site: REBAR's control variate evaluates the model "
                 "at relaxed (soft) values, which an index cannot be. Declare it OneHotCategorical, use "
-                "RELAXELBO(control_variate=module) (a network only), or {}.".format(
-                    name, suggest(CATEGORICAL, exclude=elbo)
-                ),
+                "RELAXELBO(control_variate=module) (a network only).".format(name),
+                sites=(name,),
+                requirement="site_kind",
+                suggest=True,
             )
         super().check_site(elbo, name, site)
 

@@ -13,7 +13,7 @@ from torch.distributions import Independent, constraints
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from .elbo import DiscreteELBO, Surrogate
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .samplers import IIDSampler, Sampler
 from .straight_through import StraightThroughSampler
 from .structure import UNMASKED
@@ -162,7 +162,10 @@ class Pathwise(Surrogate):
                 elbo,
                 "guide site '{}' is a Categorical (integer index) site, which has no continuous "
                 "relaxation. Declare it as OneHotCategorical (one-hot values; the model then "
-                "receives one-hot vectors), or {}.".format(name, suggest(CATEGORICAL, exclude=elbo)),
+                "receives one-hot vectors).".format(name),
+                sites=(name,),
+                requirement="site_kind",
+                suggest=True,
             )
         super().check_site(elbo, name, site)
 

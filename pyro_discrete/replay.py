@@ -32,7 +32,7 @@ from pyro import poutine
 from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
 
 from .costs import broadcast_cost, cost_terms, cost_to_frames
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .traces import check_dims_follow_provenance, get_importance_traces
 from .util import batch_dims, sample_sites
 
@@ -64,7 +64,9 @@ class Replay:
             raise EstimatorError(
                 self.elbo,
                 "replays the guide at other values of its sites, which a GuideMessenger guide "
-                "(AutoGuideMessenger) does not support; {}.".format(suggest(exclude=self.elbo)),
+                "(AutoGuideMessenger) does not support.",
+                requirement="replayable_guide",
+                suggest=lambda e: e.cost == "particles",
             )
         names = list(alternatives)
         num_rows = {name: alternatives[name].shape[0] for name in names}
@@ -118,15 +120,11 @@ class Replay:
             self.elbo,
             "replaying the model at {} alternative values of guide site(s) {} along batch dim {} "
             "failed: the model must broadcast over batch dims left of its plates, as for Pyro's "
-            "parallel enumeration (e.g. Vindex(x)[..., z] instead of x[z]), or {}. The error was: "
-            "{}: {}".format(
-                total_rows,
-                ", ".join(map(repr, names)),
-                -num_dims - 1,
-                suggest(exclude=self.elbo, require=lambda e: e.cost == "particles" and e.unbiased),
-                type(e).__name__,
-                e,
-            ),
+            "parallel enumeration (e.g. Vindex(x)[..., z] instead of x[z]). The error was: "
+            "{}: {}.".format(total_rows, ", ".join(map(repr, names)), -num_dims - 1, type(e).__name__, e),
+            sites=tuple(names),
+            requirement="broadcasts_left_of_plates",
+            suggest=lambda e: e.cost == "particles",
         ) from e
 
     def _replay_trace(self, pair, alternatives, offsets, total_rows, num_dims):
@@ -150,16 +148,8 @@ class Replay:
                     self.elbo,
                     "guide site '{}' depends on the value of the discrete guide site(s) {}, which this "
                     "estimator replays at other values while holding '{}' fixed; its gradient would be "
-                    "wrong. {} for this guide.".format(
-                        name,
-                        ", ".join("'{}'".format(p) for p in sorted(parents)),
-                        name,
-                        _capital(suggest(require=lambda e: e.guide_dependencies)),
-                    ),
+                    "wrong.".format(name, ", ".join("'{}'".format(p) for p in sorted(parents)), name),
                     sites=tuple(sorted(parents)) + (name,),
                     requirement="no_guide_dependencies",
+                    suggest=True,
                 )
-
-
-def _capital(text):
-    return text[:1].upper() + text[1:]

@@ -10,7 +10,7 @@ from torch import nn
 from .auxiliary import Auxiliary
 from .costs import broadcast_cost, cost_terms, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .samplers import IIDSampler
 from .traces import score_function_sites
 from .util import BERNOULLI, CONTINUOUS, site_kind, site_logits
@@ -80,7 +80,10 @@ class SteinControlVariates(Surrogate):
             raise EstimatorError(
                 elbo,
                 "guide site '{}' is not a Bernoulli site: the discrete Stein operator here is over single-bit "
-                "flips (RODEO's binary construction); {}.".format(name, suggest(site_kind(site["fn"]), exclude=elbo)),
+                "flips (RODEO's binary construction).".format(name),
+                sites=(name,),
+                requirement="site_kind",
+                suggest=True,
             )
 
     def jit_unsupported(self):

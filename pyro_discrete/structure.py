@@ -59,6 +59,7 @@ such as ``max`` that one changed element leaves as it was) goes unnoticed.
 """
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from pyro import poutine
@@ -66,7 +67,7 @@ from pyro.distributions import MaskedDistribution
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Bernoulli, Categorical, OneHotCategorical, constraints
 
-from .util import CONTINUOUS, innermost_distribution, preserved_rng, sample_sites, site_kind
+from .util import CONTINUOUS, innermost_distribution, preserved_rng, sample_sites, site_kind, support_size
 
 __all__ = [
     "INDEPENDENT",
@@ -102,6 +103,8 @@ class SiteStructure:
     :ivar set dependents: the guide sites whose log-density depends on it.
     :ivar dict touched: ``term -> {(plate, dim): size}``: the terms that depend
         on it directly, with their plates (what a site upstream inherits).
+    :ivar support: the size of one element's joint support (``None``: not
+        enumerable, or continuous).
     """
 
     name: str
@@ -112,6 +115,7 @@ class SiteStructure:
     masks: dict = field(default_factory=dict)
     dependents: set = field(default_factory=set)
     touched: dict = field(default_factory=dict)
+    support: Optional[int] = None
 
     @property
     def discrete(self):
@@ -273,6 +277,35 @@ def _describe(where, name):
     return "{} site '{}'".format(where, name)
 
 
+class _Jitter(poutine.messenger.Messenger):
+    """
+    Moves the value of every real or positive ``pyro.param`` by a fixed random
+    amount (one per name, the same in every run of one analysis), so that a
+    dependency that vanishes at the parameters' current values -- zero
+    weights, logits equal across categories, as at initialization -- still
+    shows. Parameters of ``pyro.module`` (which writes returned values back
+    into the module) are left alone; the param store is never written.
+    """
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.noise = {}
+
+    def _pyro_post_param(self, msg):
+        value = msg["value"]
+        if "$$$" in msg["name"] or not torch.is_tensor(value) or not value.is_floating_point():
+            return
+        constraint = msg["kwargs"].get("constraint", constraints.real)
+        if constraint not in (constraints.real, constraints.positive):
+            return
+        noise = self.noise.get(msg["name"])
+        if noise is None or noise.shape != value.shape:
+            noise = torch.randn(value.shape, generator=self.generator, dtype=value.dtype).to(value.device)
+            self.noise[msg["name"]] = noise
+        msg["value"] = value + 0.1 * noise if constraint is constraints.real else value * (0.1 * noise).exp()
+
+
 def analyze(model, guide, args=(), kwargs=None, names=None):
     """
     The :class:`Structure` of a model/guide pair (see the module's docstring).
@@ -287,14 +320,16 @@ def analyze(model, guide, args=(), kwargs=None, names=None):
     kwargs = {} if kwargs is None else kwargs
     if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):
         return None
-    with preserved_rng(), torch.no_grad(), poutine.block():
+    with preserved_rng(), torch.no_grad(), poutine.block(), _Jitter():
         rng = torch.random.get_rng_state()
         raw, base = _run(model, guide, args, kwargs, rng)
         sites = {}
         for name, site in sample_sites(raw):
             if site["is_observed"] or site["infer"].get("is_auxiliary") or (names is not None and name not in names):
                 continue
-            if perturb(site["fn"], site["value"]) is None:
+            if perturb(site["fn"], site["value"]) is None:  # a kind whose values it cannot change: kind only
+                frames = tuple((plate, dim, size) for (plate, dim), size in _frames(site).items() if size > 1)
+                sites[name] = SiteStructure(name, site_kind(site["fn"]), frames, support=support_size(site["fn"]))
                 continue
             sites[name] = _probe(model, guide, args, kwargs, rng, raw, base, name, site)
     _follow_dependents(sites)
@@ -331,14 +366,15 @@ def _probe(model, guide, args, kwargs, rng, raw, base, name, site):
     event_dim = len(site["fn"].event_shape)
     changed_value = perturb(site["fn"], value)
     frames = tuple((plate, dim, size) for (plate, dim), size in _frames(site).items() if size > 1)
-    result = SiteStructure(name, site_kind(site["fn"]), frames)
+    result = SiteStructure(name, site_kind(site["fn"]), frames, support=support_size(site["fn"]))
     batch_dims = value.dim() - event_dim
-    if not frames or any(
+    if changed_value is None or any(
         value.dim() < event_dim - dim or value.shape[dim - event_dim] != size for _, dim, size in frames
     ):
         return result
-    # one element at a time (a slice could change and restore a sum), the first and the last
-    for last in (False, True):
+    # one element at a time (a slice could change and restore a sum), the first and the last; a site outside
+    # every plate once, for the guide sites that depend on it
+    for last in (False, True) if frames else (False,):
         index = tuple((value.shape[d] - 1 if last else 0) for d in range(batch_dims))
         new = value.clone()
         new[index] = changed_value[index]

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from .costs import cost_terms, site_costs
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .structure import check_assumptions
 from .traces import score_function_sites
 from .util import (
@@ -249,12 +249,12 @@ class Surrogate:
         if kind not in self.site_kinds:
             raise EstimatorError(
                 elbo,
-                "guide site '{}' ({}) is {}, which this estimator does not take; {}.".format(
-                    name,
-                    type(innermost_distribution(site["fn"])).__name__,
-                    _KIND_WORDS[kind],
-                    suggest(kind, exclude=elbo),
+                "guide site '{}' ({}) is {}, which this estimator does not take.".format(
+                    name, type(innermost_distribution(site["fn"])).__name__, _KIND_WORDS[kind]
                 ),
+                sites=(name,),
+                requirement="site_kind",
+                suggest=True,
             )
 
     def loss(self, particles):

@@ -26,7 +26,7 @@ from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, wa
 from torch.distributions import Independent
 from torch.distributions.utils import _sum_rightmost
 
-from .errors import EstimatorError, estimator_error, suggest
+from .errors import EstimatorError, estimator_error
 from .util import _BERNOULLI_TYPES, sample_sites
 
 __all__ = [
@@ -177,17 +177,10 @@ def check_dims_follow_provenance(elbo, traces, site_dims, what):
                     "along batch dim {}, where this estimator lays out {} the values of '{}': the model "
                     "reshapes or reduces over that dim, and would compute something else without an error. "
                     "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
-                    "x[z]), or {}.".format(
-                        name,
-                        parent,
-                        tuple(log_prob.shape),
-                        dim,
-                        what,
-                        parent,
-                        suggest(exclude=elbo, require=lambda e: e.cost == "particles" and e.unbiased),
-                    ),
+                    "x[z]).".format(name, parent, tuple(log_prob.shape), dim, what, parent),
                     sites=(parent, name),
                     requirement="left_dims_not_mixed",
+                    suggest=lambda e: e.cost == "particles",
                 )
 
 

@@ -36,7 +36,7 @@ from pyro.ops.provenance import get_provenance
 
 from .costs import site_costs, vectorized_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import EstimatorError, suggest
+from .errors import EstimatorError
 from .gumbel import gumbel_top_k, inclusion_log_ratios, stochastic_beam_search
 from .samplers import Sampler
 from .structure import LEFT_DIMS, PER_ELEMENT, SINGLE_SITE
@@ -101,9 +101,10 @@ class SetSampler(Sampler):
                 self.elbo,
                 "the guide has several discrete sites ('{}' and '{}'); sampling without replacement "
                 "is done over one site (a .to_event site may hold many latents). Declare the latents "
-                "as one site, or {}.".format(
-                    self.site, name, suggest(kind, exclude=self.elbo, require=lambda e: e.cost != "set")
-                ),
+                "as one site.".format(self.site, name),
+                sites=(self.site, name),
+                requirement=SINGLE_SITE,
+                suggest=True,
             )
         self.site = name
         log_p = self._compact_log_probs(fn, name)  # batch' + (K, C)
@@ -134,7 +135,10 @@ class SetSampler(Sampler):
                 self.elbo,
                 "the distribution of guide site '{}' differs between particles: it depends on a site "
                 "drawn per particle. The values of '{}' are drawn without replacement from one "
-                "distribution; {}.".format(name, name, suggest(exclude=self.elbo, require=lambda e: e.cost != "set")),
+                "distribution.".format(name, name),
+                sites=(name,),
+                requirement="no_guide_dependencies",
+                suggest=lambda e: e.cost != "set",
             )
         log_p = first.squeeze(j)
         batch = log_p.shape[: len(fn.batch_shape) - 1]
@@ -268,14 +272,12 @@ class WeightedSamples(Surrogate):
                         sampler.elbo,
                         "site '{}' is outside a plate that guide site '{}' is in, and depends on it; the "
                         "values of '{}' are drawn without replacement per plate element, which cannot "
-                        "weight a term that depends on all of them. Move '{}' into the plate, or "
-                        "{}.".format(
-                            name,
-                            sampler.site,
-                            sampler.site,
-                            name,
-                            suggest(exclude=sampler.elbo, require=lambda e: e.cost == "particles"),
+                        "weight a term that depends on all of them. Move '{}' into the plate.".format(
+                            name, sampler.site, sampler.site, name
                         ),
+                        sites=(sampler.site, name),
+                        requirement=PER_ELEMENT,
+                        suggest=lambda e: e.cost == "particles",
                     )
         self.checked.add(step)
 

@@ -40,6 +40,20 @@ def innermost_distribution(fn):
     return fn
 
 
+def support_size(fn):
+    """
+    The number of values in the joint support of one element of a discrete
+    distribution (``C**K`` for ``K`` latents of ``C`` values each under
+    ``.to_event``), or ``None`` when it cannot enumerate its support.
+    """
+    base = innermost_distribution(fn)
+    if not getattr(base, "has_enumerate_support", False):
+        return None
+    event = tuple(fn.event_shape)
+    num_latents = math.prod(event[: len(event) - len(base.event_shape)])
+    return base.enumerate_support(expand=False).shape[0] ** num_latents
+
+
 def sample_sites(trace):
     """Yields ``(name, site)`` for the sample sites of a trace, subsample sites excluded."""
     for name, site in trace.nodes.items():

@@ -38,7 +38,7 @@ def bound_dims(traces):
     return sorted(dim for _, dim in common or ())
 
 
-def _check_subsampling(elbo, traces, dims, structure):
+def _check_subsampling(elbo, traces, dims):
     # a subsampled plate inside one bound (a plate not holding every site): the bound of a subsample, scaled up,
     # estimates no bound of the whole data (log mean_k w_k is not linear in the plate's terms)
     for trace in traces:
@@ -46,20 +46,15 @@ def _check_subsampling(elbo, traces, dims, structure):
             for f in site["cond_indep_stack"]:
                 subsampled = f.full_size not in (None, f.size)
                 if f.vectorized and f.name != PARTICLE_PLATE and subsampled and f.dim not in dims:
-                    from .registry import alternatives
-
-                    names = alternatives(elbo, structure) if structure is not None else []
                     raise EstimatorError(
                         elbo,
                         "site '{}' is in plate '{}', subsampled ({} of {}), but not every site is in that plate, "
                         "so the plate's elements share one multi-sample bound; the bound of a subsample, scaled "
                         "up, estimates no bound of the whole data. Subsample only a plate that holds every site "
-                        "(the data plate of a VAE), or optimize the ELBO{}.".format(
-                            name, f.name, f.size, f.full_size, " ({})".format(", ".join(names)) if names else ""
-                        ),
+                        "(the data plate of a VAE), or optimize the ELBO.".format(name, f.name, f.size, f.full_size),
                         sites=(name,),
                         requirement="subsampled_plate_holds_every_site",
-                        alternatives=names,
+                        suggest=True,
                     )
 
 
@@ -81,7 +76,12 @@ def _scale(elbo, traces):
                     elbo,
                     "sites '{}' and '{}' have different scales (poutine.scale or subsampling of "
                     "different plates); the multi-sample bound log mean_k w_k cannot weight the terms "
-                    "of one sample differently. Use one scale for every site.".format(first, name),
+                    "of one sample differently. Use one scale for every site, or optimize the ELBO.".format(
+                        first, name
+                    ),
+                    sites=(first, name),
+                    requirement="one_scale",
+                    suggest=True,
                 )
     if scale is None or scale.numel() == 1:
         return 1.0 if scale is None else scale.item()
@@ -150,7 +150,7 @@ class MultiSampleBound(Surrogate):
         pairs = particles.pairs
         dims = bound_dims([t for pair in pairs for t in (pair.model_trace, pair.guide_trace)])
         traces = [pairs[0].model_trace, pairs[0].guide_trace]
-        _check_subsampling(particles.step.elbo, traces, dims, particles.step.structure)
+        _check_subsampling(particles.step.elbo, traces, dims)
         scale = _scale(particles.step.elbo, traces)
         parts = [log_weights(pair, dims, which) for pair in pairs]
         if any(p is None for p in parts):

@@ -21,6 +21,7 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
+from pyro_discrete.errors import EstimatorError
 from pyro_discrete.registry import REGISTRY
 
 from common import (
@@ -225,13 +226,42 @@ def test_registry_entries_are_consistent():
         assert not (entry.exact and not entry.unbiased)
 
 
-def test_error_suggestions_come_from_the_registry():
-    from pyro_discrete.errors import suggest
+def _categorical_with_a_dependent_site():
+    def model():
+        y = pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Bernoulli(0.3))
+            pyro.sample("x", dist.Normal(z + y, 1.0), obs=torch.tensor([0.2, 1.1]))
 
-    text = suggest("other")
-    assert text.startswith("use TraceScoreELBO")
-    assert "ARSMELBO" not in text and "RelaxedConcreteELBO" not in text
-    assert "ARSMELBO" in suggest("categorical") and "RelaxedConcreteELBO" not in suggest("categorical")
+    def guide():
+        y = pyro.sample("y", dist.Categorical(logits=pyro.param("r", torch.zeros(3))))
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.zeros(2)) + y))
+
+    return model, guide
+
+
+def test_error_suggestions_come_from_the_registry_filtered_by_the_structure():
+    # RODEO refuses the Categorical site; of the others, those that take a Categorical site, guide
+    # dependencies and two discrete sites are suggested -- and each of them runs the model and guide
+    from pyro_discrete.registry import takes
+    from pyro_discrete.structure import analyze
+
+    model, guide = _categorical_with_a_dependent_site()
+    elbo = REGISTRY["rodeo"].make(max_plate_nesting=2)
+    with pytest.raises(EstimatorError) as info:
+        elbo.differentiable_loss(model, guide)
+    error = info.value
+    assert error.requirement == "site_kind" and error.sites == ("y",)
+    structure = analyze(model, guide, (), {})
+    expected = [n for n, e in REGISTRY.items() if e.unbiased and e.objective == "elbo" and e.cls is not type(elbo)]
+    expected = [n for n in expected if takes(REGISTRY[n], structure)]
+    assert list(error.alternatives) == expected
+    assert "arsm" not in expected and "unordered" not in expected and "loo" in expected
+    assert str(error).endswith("vargrad.") or "Use " in str(error)
+    for name in error.alternatives:
+        pyro.clear_param_store()
+        REGISTRY[name].make(max_plate_nesting=2).loss_and_grads(model, guide)
 
 
 def test_model_and_guide_with_only_a_discrete_site_in_a_plate():

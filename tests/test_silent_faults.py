@@ -147,7 +147,7 @@ def test_3_expect_on_sequential_plates_sharing_a_dim_is_an_error_not_a_wrong_val
 # ----------------------------------------------------------------------
 # 4. a guide site outside a plate whose distribution depends on sites inside it
 # ----------------------------------------------------------------------
-def _guide_site_outside_depends_on_inside():
+def _guide_site_outside_depends_on_inside(weight=1.2):
     def model():
         loc = pyro.param("loc", torch.tensor(0.5))
         plate = pyro.plate("a", 2)
@@ -158,7 +158,7 @@ def _guide_site_outside_depends_on_inside():
             pyro.sample("x", dist.Normal(loc * (2 * g - 1) + z0, 1.0), obs=DATA[:2])
 
     def guide():
-        a, b = pyro.param("g_bias", torch.tensor(-0.3)), pyro.param("g_weight", torch.tensor(1.2))
+        a, b = pyro.param("g_bias", torch.tensor(-0.3)), pyro.param("g_weight", torch.tensor(weight))
         with pyro.plate("a", 2):
             z0 = pyro.sample("z0", dist.Bernoulli(logits=pyro.param("q", torch.tensor([0.4, -0.6]))))
         pyro.sample("g", dist.Bernoulli(logits=a + b * z0.sum(-1, keepdim=True)))
@@ -184,6 +184,18 @@ def test_4_track_dependencies_widens_too():
     elbo = TraceScoreELBO(4, max_plate_nesting=2)
     elbo.differentiable_loss(structure.model, structure.guide)
     assert elbo.structure.widened("z0") == frozenset([("a", -1)])
+
+
+def test_4_a_dependency_that_vanishes_at_initialization_is_found():
+    # g_weight starts at 0: at the parameters' values g does not depend on z0, but it will after a step; the
+    # analysis (cached for the structure) moves the parameters by a fixed random amount, so it still widens
+    structure = _guide_site_outside_depends_on_inside(weight=0.0)
+    init_params(structure)
+    elbo = TraceScoreELBO(4, max_plate_nesting=2)
+    elbo.differentiable_loss(structure.model, structure.guide)
+    assert elbo.structure.widened("z0") == frozenset([("a", -1)])
+    assert elbo.structure.sites["z0"].dependents == {"g"}
+    assert pyro.param("g_weight").item() == 0.0  # the store is untouched
 
 
 def test_4_the_harness_flags_the_plate_restricted_cost():

@@ -56,7 +56,7 @@ def predict(structure, entry, vectorize=True):
             "|is a Categorical \\(index\\) site"
         )
     if entry.objective == "iwae" and structure.mixed_scales:
-        return ERROR, "different scales"
+        return ERROR, "different scales|subsampled"
     if entry.single_site and structure.discrete_sites > 1:
         return ERROR, "several discrete sites"
     if structure.discrete_dependency and not entry.guide_dependencies:
@@ -111,7 +111,11 @@ def _check_suggestions(structure):
     error = _LAST_ERROR[0]
     if not isinstance(error, EstimatorError):
         return
-    vectorize = error.requirement not in ("particles_not_mixed", "broadcasts_left_of_plates", "left_dims_not_mixed")
+    vectorize = not error.looped and error.requirement not in (
+        "particles_not_mixed",
+        "broadcasts_left_of_plates",
+        "left_dims_not_mixed",
+    )
     for name in error.alternatives:
         key = (structure.name, name, vectorize)
         if key not in _SUGGESTED:
