@@ -33,6 +33,7 @@ INCLUDED_RESULTS = [
     "examples/introduction",
     "examples/toys",
     "examples/concrete_shapes",
+    "examples/air",
 ]
 
 #: exact commands for results that a script's generic usage lines do not pin down (by path under results, or stem)
@@ -45,6 +46,7 @@ COMMAND_OVERRIDES = {
     "introduction": "python examples/introduction.py",
     "toys": "python examples/toys.py --draws 2000 --grid 2,4,16,64,256,1024",
     "concrete_shapes": "python examples/concrete_shapes.py",
+    "air": "python examples/air.py --steps 5000 (and --elbo tracegraph)",
     "compare_multisample/compare": "python benchmarks/compare_estimators.py --data mnist "
     "--data-dir ../shared/data/mnist --epochs 1 --checkpoints 2 --draws 50 --estimators loo,vimco,rebar,vargrad,expect "
     "--out benchmarks/results/compare_multisample",

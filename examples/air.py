@@ -21,7 +21,8 @@ larger canvas, 0 to ``max_digits`` per image. Writes ``results/air/``:
 ``metrics.json`` (loss curve, count accuracy, baseline network's squared
 error), ``loss.png`` and ``reconstructions.png``::
 
-    python examples/air.py                    # about two minutes on 2 CPU cores
+    python examples/air.py                    # about a minute on 2 CPU cores
+    python examples/air.py --steps 5000 --elbo tracegraph
     python examples/air.py --steps 300 --particles 4
 
 **References**
@@ -188,8 +189,11 @@ def train(args):
     pyro.clear_param_store()
     images, counts = multi_digit_canvases(args.images, args.canvas, args.max_digits, args.seed)
     test_images, test_counts = multi_digit_canvases(200, args.canvas, args.max_digits, args.seed + 1)
-    air = AIR(canvas=args.canvas, steps=args.max_digits + 1)
-    elbo = TraceScoreELBO(num_particles=args.particles, vectorize_particles=False)
+    air = AIR(canvas=args.canvas, steps=args.max_digits + 1, prior_presence=args.prior_presence)
+    if args.elbo == "tracegraph":  # Pyro's own, for comparison: the same gradient, draw for draw
+        elbo = pyro.infer.TraceGraph_ELBO(num_particles=args.particles)
+    else:
+        elbo = TraceScoreELBO(num_particles=args.particles, vectorize_particles=False)
     svi = pyro.infer.SVI(air.model, air.guide, pyro.optim.Adam({"lr": args.lr}), loss=elbo)
     losses, baseline_errors = [], []
     start = time.perf_counter()
@@ -208,6 +212,8 @@ def train(args):
     metrics = {
         "steps": args.steps,
         "particles": args.particles,
+        "elbo": args.elbo,
+        "prior_presence": args.prior_presence,
         "seconds": seconds,
         "final_loss_per_image": sum(losses[-20:]) / len(losses[-20:]),
         "count_accuracy": accuracy,
@@ -251,7 +257,11 @@ def _plots(args, air, losses, baseline_errors, test_images):
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].plot(losses, lw=0.6)
-    axes[0].set(xlabel="step", ylabel="-ELBO per image", title="AIR with TraceScoreELBO")
+    axes[0].set(
+        xlabel="step",
+        ylabel="-ELBO per image",
+        title="AIR with " + ("TraceGraph_ELBO" if args.elbo == "tracegraph" else "TraceScoreELBO"),
+    )
     axes[1].plot(baseline_errors, lw=0.6, color="C1")
     axes[1].set(xlabel="step", ylabel="squared error", title="baseline network (first presence site)", yscale="log")
     fig.tight_layout()
@@ -285,6 +295,15 @@ def main(argv=None):
     parser.add_argument("--max-digits", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prior-presence", type=float, default=0.05, help="the prior's probability that the next object is present"
+    )
+    parser.add_argument(
+        "--elbo",
+        choices=["tracescore", "tracegraph"],
+        default="tracescore",
+        help="TraceScoreELBO (this package), or Pyro's TraceGraph_ELBO for comparison",
+    )
     parser.add_argument("--out", default=os.path.join("results", "air"))
     return train(parser.parse_args(argv))
 
