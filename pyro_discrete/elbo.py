@@ -21,20 +21,19 @@ estimator's state may advance. :meth:`~DiscreteELBO.loss` asks for no
 gradient, so it runs the model once per particle and nothing else.
 """
 
-import contextlib
-
-import pyro
 import torch
 from pyro.infer.elbo import ELBO, ELBOModule
 from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.ops.provenance import detach_provenance
-from pyro.util import check_site_shape, warn_if_nan
+from pyro.util import warn_if_nan
 
 from .compile import CompileCache
 from .errors import EstimatorError
+from .explain import Explanations
+from .per_site import check_estimator_annotations
 from .samplers import IIDSampler
-from .structure import PARTICLE_PLATE, analyze
+from .structure import analyze_left_of_plates
 from .surrogate import Particles, ScoreSite, Step, Surrogate, TracePair
 from .traces import (
     StructureChecks,
@@ -51,9 +50,6 @@ from .util import (
 
 __all__ = ["DiscreteELBO", "Particles", "ScoreSite", "Step", "Surrogate", "TracePair"]
 
-# requirements about batch dims left of the plates: the estimators that take such a model run looped particles
-_LOOPED_REQUIREMENTS = frozenset(["left_dims_not_mixed", "broadcasts_left_of_plates", "particles_not_mixed"])
-
 
 # ----------------------------------------------------------------------
 # the ELBO
@@ -66,7 +62,7 @@ class _DiscreteELBOModule(ELBOModule):
         self.auxiliary = torch.nn.ModuleDict(dict(elbo.surrogate.auxiliary_modules()))
 
 
-class DiscreteELBO(ELBO):
+class DiscreteELBO(Explanations, ELBO):
     """
     Base class of the ELBO implementations in :mod:`pyro_discrete`: a sampler
     and a surrogate (see the module's docstring) behind Pyro's ELBO interface.
@@ -150,6 +146,7 @@ class DiscreteELBO(ELBO):
         self.num_evaluations = None
         self._compiled = CompileCache()
         self._warned_infer_keys = set()
+        self._annotated_methods = {}  # registry name -> its method, for infer={"estimator": ...} (per_site)
         self._replay_checks = StructureChecks()
         self._structures = {}
         self._downstream_costs = {}
@@ -269,9 +266,8 @@ class DiscreteELBO(ELBO):
         return structure
 
     def _analyze(self, step, pair):
-        # without vectorized particles, inside a plate of two copies left of every plate, so that a model that
-        # reduces over such dims (z.sum()) shows it; a model that does not broadcast is analyzed as it is
-        runs = [(pair.model, pair.guide)]
+        # without vectorized particles inside a plate of two copies left of every plate (see analyze_left_of_plates)
+        dim = None
         if pair.particle_dim is None:
             depth = max(
                 [
@@ -286,13 +282,7 @@ class DiscreteELBO(ELBO):
             if self.max_plate_nesting != float("inf"):
                 depth = max(depth, self.max_plate_nesting)
             dim = -depth - 1
-            runs.insert(0, (_in_plate(pair.model, dim), _in_plate(pair.guide, dim)))
-        for model, guide in runs:
-            try:
-                return analyze(model, guide, step.args, step.kwargs)
-            except Exception:  # noqa: BLE001 -- a model the analysis cannot replay: the estimators' own checks apply
-                continue
-        return None
+        return analyze_left_of_plates(pair.model, pair.guide, step.args, step.kwargs, dim)[0]
 
     def _check_structure(self, structure, pair):
         """Raises an :class:`~pyro_discrete.errors.EstimatorError` for what the estimator cannot take."""
@@ -358,6 +348,7 @@ class DiscreteELBO(ELBO):
             if not site["is_observed"]:
                 self.surrogate.check_site(self, name, site)
         check_infer_keys(self, guide_trace, self.surrogate.honored_infer_keys)
+        check_estimator_annotations(self, guide_trace)
         step.evaluations += num_particles * getattr(sampler, "evaluations", 1)
         return TracePair(model_trace, guide_trace, sampler, num_particles, particle_dim, model, guide, raw)
 
@@ -385,158 +376,9 @@ class DiscreteELBO(ELBO):
         pair = self._trace(model, guide, step, self.sampler, 1, None)
         return pair.model_trace, pair.guide_trace
 
-    def _is_own_error(self, error):
-        # an error of this package's (an unsupported structure), or a NotImplementedError: not about shapes
-        return isinstance(error, (EstimatorError, NotImplementedError))
-
-    def _explain_enumeration_failure(self, error, step, sampler):
-        """After a run that enumerates sites left of the plates failed: say that the model must broadcast."""
-        where, sites = self._failing_site(step, sampler, vectorized=False)
-        raise EstimatorError(
-            self,
-            "enumerates the guide's discrete sites along batch dims left of the plates (from dim {}), and "
-            "the run failed{}: the model and guide must broadcast over those dims, as for Pyro's parallel "
-            "enumeration (e.g. Vindex(x)[..., z] instead of x[z], networks that accept extra leading dims). "
-            "The error was: {}: {}.".format(-self.max_plate_nesting - 1, where, type(error).__name__, error),
-            sites=sites,
-            requirement="broadcasts_left_of_plates",
-            suggest=lambda e: e.cost == "particles",
-        ) from error
-
-    def _explain_broadcast_failure(self, error, step, sampler):
-        """
-        After a vectorized run failed: if one particle runs, the model or guide
-        does not broadcast over the particle dim; raise an error that says so.
-        """
-        try:
-            with pyro.poutine.block(), torch.no_grad():
-                single = Step(self, step.model, step.guide, step.args, step.kwargs, False)
-                # plain draws: the estimator's own sampler may need the particle dim
-                self._trace(step.model, step.guide, single, IIDSampler, 1, None)
-        except Exception as other:  # noqa: BLE001
-            if self._is_own_error(other):  # a structure this estimator refuses anyway: say that
-                raise other from error
-            return  # the failure is not about particles: re-raise the original
-        from .registry import alternatives, entry_of
-
-        where, sites = self._failing_site(step, sampler)
-        try:
-            structure = analyze(step.model, step.guide, step.args, step.kwargs)
-        except Exception:  # noqa: BLE001
-            structure = None
-        looped = [] if structure is None else alternatives(self, structure, vectorized=False, left_dims=False)
-        entry = entry_of(self)
-        if entry is not None and not entry.vectorized_only:
-            fix = "pass vectorize_particles=False to run the particles one after another"
-        elif looped:
-            fix = "use {} with vectorize_particles=False ({} needs the particles vectorized)".format(
-                ", ".join(looped), type(self).__name__
-            )
-        else:
-            fix = "use an estimator that runs particles one after another (vectorize_particles=False)"
-        raise EstimatorError(
-            self,
-            "the model or guide does not broadcast over the vectorized particles "
-            "(plate 'num_particles_vectorized' of size {} at dim {}){}; with one particle it runs. "
-            "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
-            "x[z], networks that accept extra leading dims), or {}. The error was: {}: {}".format(
-                self.num_particles,
-                -self.max_plate_nesting,
-                where,
-                fix,
-                type(error).__name__,
-                error,
-            ),
-            sites=sites,
-            requirement="broadcasts_left_of_plates",
-            alternatives=looped,
-        ) from error
-
-    def _failing_site(self, step, sampler, vectorized=True):
-        # where the run fails: (words, (the last sample site entered before,))
-        model, guide = step.model, step.guide
-        if vectorized:
-            model = self._vectorized_num_particles(model)
-            guide = self._vectorized_num_particles(guide)
-        guide = sampler(self)(guide)
-        for where in ("guide", "model"):
-            last = _LastSite()
-            try:
-                with pyro.poutine.block(), torch.no_grad(), last:
-                    if where == "guide":
-                        trace = guide_trace = pyro.poutine.trace(guide).get_trace(*step.args, **step.kwargs)
-                    else:
-                        trace = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_trace)).get_trace(
-                            *step.args, **step.kwargs
-                        )
-            except Exception:  # noqa: BLE001
-                if last.name is None:
-                    return ", in the {} before its first sample site".format(where), ()
-                return ", in the {} after sample site '{}'".format(where, last.name), (last.name,)
-            for name, site in sample_sites(trace):  # the run passed: a site of the wrong shape
-                try:
-                    check_site_shape(dict(site, log_prob=site["fn"].log_prob(site["value"])), self.max_plate_nesting)
-                except Exception:  # noqa: BLE001
-                    return ", at {} site '{}'".format(where, name), (name,)
-        return "", ()
-
     # ------------------------------------------------------------------
     # the step
     # ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _suggesting(self, model, guide, args, kwargs):
-        """Errors raised inside get their alternatives, from the structure at hand, on their way out."""
-        try:
-            yield
-        except EstimatorError as error:
-            if error.pending is not None:
-                self._suggest(error, model, guide, args, kwargs)
-            raise
-
-    def _suggest(self, error, model, guide, args, kwargs):
-        """
-        Fill in ``error``'s alternatives: the registered unbiased estimators of
-        the ELBO that take this model and guide (:func:`registry.alternatives`
-        on a fresh structural analysis; RNG state kept), and that satisfy the
-        error's own predicate. Requirements about dims left of the plates
-        name estimators that run looped particles.
-        """
-        from .registry import REGISTRY, alternatives
-
-        looped = error.pending.requirement in _LOOPED_REQUIREMENTS
-        structure = None
-        with preserved_rng(), pyro.poutine.block(), torch.no_grad():
-            runs = [(model, guide)]
-            if self.max_plate_nesting == float("inf"):
-                try:
-                    self._guess_max_plate_nesting(model, guide, args, kwargs)
-                except Exception:  # noqa: BLE001 -- the model does not run: no structure
-                    pass
-            if self.max_plate_nesting != float("inf"):
-                dim = self._particle_dim() or -int(self.max_plate_nesting) - 1
-                runs.insert(0, (_in_plate(model, dim), _in_plate(guide, dim)))
-            for i, (m, g) in enumerate(runs):
-                try:
-                    structure = analyze(m, g, args, kwargs)
-                except Exception:  # noqa: BLE001 -- a model the analysis cannot run
-                    continue
-                # only the plain run ran: the model does not broadcast over a dim left of its plates
-                looped = looped or (i > 0 and len(runs) > 1)
-                break
-        if structure is not None:
-            looped = looped or bool(structure.mixed_particles())
-            names = alternatives(self, structure, vectorized=not looped, left_dims=not looped)
-        else:
-            names = [
-                n
-                for n, e in REGISTRY.items()
-                if e.unbiased and e.objective == "elbo" and (looped or e.cls is not type(self))
-            ]
-        predicate = error.pending.suggest
-        if callable(predicate):
-            names = [n for n in names if predicate(REGISTRY[n])]
-        error.complete(names, looped=looped)
-
     def _loss_and_surrogate(self, model, guide, args, kwargs, update):
         """``(loss, surrogate)`` of one gradient step; state advances only if ``update``."""
         with self._suggesting(model, guide, args, kwargs):
@@ -626,6 +468,10 @@ class DiscreteELBO(ELBO):
         """
         return _DiscreteELBOModule(model, guide, self)
 
+    def method(self):
+        """Which gradient method this ELBO is: its class and :meth:`Surrogate.method`."""
+        return "{}.{}".format(type(self).__name__, self.surrogate.method())
+
     # ------------------------------------------------------------------
     # state
     # ------------------------------------------------------------------
@@ -692,19 +538,3 @@ def _key(model, guide):
     except TypeError:
         return None
     return (model, guide)
-
-
-def _in_plate(fn, dim):
-    def wrapped(*args, **kwargs):
-        with pyro.plate(PARTICLE_PLATE, 2, dim=dim):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-class _LastSite(pyro.poutine.messenger.Messenger):
-    # records the name of the last sample site entered
-    name = None
-
-    def _pyro_sample(self, msg):
-        self.name = msg["name"]

@@ -61,6 +61,7 @@ such as ``max`` that one changed element leaves as it was) goes unnoticed.
 from dataclasses import dataclass, field
 from typing import Optional
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions import MaskedDistribution
@@ -495,3 +496,33 @@ def check_assumptions(assumes, structure, names=None):
             )
             return (name,), UNMASKED, message
     return None
+
+
+def in_plate(fn, dim, size=2):
+    """``fn`` run inside a plate of ``size`` copies at batch dim ``dim`` (left of every plate of ``fn``)."""
+
+    def wrapped(*args, **kwargs):
+        with pyro.plate(PARTICLE_PLATE, size, dim=dim):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def analyze_left_of_plates(model, guide, args, kwargs, dim):
+    """
+    :func:`analyze` inside a plate of two copies at ``dim`` (left of every
+    plate), so that a model that reduces over such dims (``z.sum()``) shows
+    it; a model that does not broadcast over it is analyzed as it is.
+    ``dim=None``: as it is only (the particles' own plate is there already).
+
+    :returns: ``(structure, broadcasts)``; ``structure`` is ``None`` when
+        neither run could be replayed, ``broadcasts`` false when only the
+        plain run ran.
+    """
+    runs = [(model, guide)] if dim is None else [(in_plate(model, dim), in_plate(guide, dim)), (model, guide)]
+    for i, (m, g) in enumerate(runs):
+        try:
+            return analyze(m, g, args, kwargs), i == 0 or dim is None
+        except Exception:  # noqa: BLE001 -- a model the analysis cannot replay: the estimators' own checks apply
+            continue
+    return None, dim is None
