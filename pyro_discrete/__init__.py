@@ -16,6 +16,7 @@ from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
 from .indecater import IndeCateRELBO
+from .per_site import config_estimator
 from .relax import RELAXELBO
 from .relaxed import RelaxedConcreteELBO, exponential_decay
 from .rodeo import RODEOELBO
@@ -46,6 +47,7 @@ __all__ = [
     "UnorderedSetELBO",
     "VIMCOELBO",
     "VarGradELBO",
+    "config_estimator",
     "diagnostics",
     "exponential_decay",
     "registry",

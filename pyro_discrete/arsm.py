@@ -221,6 +221,9 @@ class PseudoActionGradient(Surrogate):
             raise ValueError("ARSMELBO: binary must be 'disarm' or 'arm', got {!r}".format(binary))
         self.binary = binary
 
+    def method(self):
+        return "{}({})".format(type(self).__name__, self.binary)
+
     def bind(self, elbo):
         if elbo.track_dependencies:
             raise EstimatorError(elbo, "track_dependencies is not supported; costs are Rao-Blackwellized by plates.")

@@ -132,6 +132,9 @@ class RELAXSurrogate(Surrogate):
         self.callable = network if (network is not None and not isinstance(network, nn.Module)) else None
         self.auxiliary = Auxiliary(name, _Parameters(temperature, eta, network, learn_temperature, rebar))
 
+    def method(self):
+        return "{}(rebar={})".format(type(self).__name__, bool(self.rebar))
+
     def bind(self, elbo):
         if elbo.track_dependencies:
             raise EstimatorError(elbo, "track_dependencies is not supported")

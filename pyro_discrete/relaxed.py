@@ -281,6 +281,9 @@ class RelaxedConcreteELBO(DiscreteELBO):
             if not value > 0:
                 raise EstimatorError(self, "temperatures must be positive, got {}".format(value))
 
+    def method(self):
+        return "{}(straight_through={!r})".format(super().method(), self.straight_through)
+
     def current_temperature(self):
         """:math:`\\lambda_1` at the current step (:attr:`num_steps`)."""
         t = self.temperature

@@ -65,6 +65,9 @@ class SteinControlVariates(Surrogate):
         self.variant = variant
         self.auxiliary = Auxiliary(name, ControlNetwork(hidden))
 
+    def method(self):
+        return "{}({})".format(type(self).__name__, self.variant)
+
     def bind(self, elbo):
         if elbo.num_particles < 2 or not elbo.vectorize_particles:
             raise EstimatorError(

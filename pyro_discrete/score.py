@@ -133,6 +133,9 @@ class ScoreFunction(Surrogate):
     def configuration(self):
         return "{}(baseline={!r})".format(type(self).__name__, self.baseline)
 
+    def method(self):
+        return "{}({})".format(type(self).__name__, type(self.baseline).__name__)
+
     def auxiliary_modules(self):
         baselines = [self.baseline] + list(self.site_baselines.values())
         return {b.auxiliary.name: b.auxiliary.module for b in baselines if b.auxiliary is not None}

@@ -283,6 +283,14 @@ class Surrogate:
         """
         return type(self).__name__
 
+    def method(self):
+        """
+        Which gradient method this is (a string): the same for every ELBO a
+        registry entry makes, whatever its numeric options; used to match
+        ``infer={"estimator": ...}`` annotations (:mod:`~pyro_discrete.per_site`).
+        """
+        return type(self).__name__
+
     def state_dict(self):
         """The surrogate's state (moving averages, ...), for :meth:`DiscreteELBO.state_dict`."""
         return {}
