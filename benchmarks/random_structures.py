@@ -144,31 +144,43 @@ def write_markdown(rows, path, estimators):
         if r["estimator"] in shown and r["outcome"] in (WRONG, UNCLEAR):
             for flag in flags_of[r["seed"]]:
                 cells[(flag, r["estimator"])][0 if r["outcome"] == WRONG else 1] += 1
-    lines += [
-        "",
-        "## Wrong and unclear cases by structure flag",
-        "",
-        "Cell: `wrong/unclear` among the n structures with the flag (empty: none). Flags are not exclusive; "
-        "a flag whose rate is near an estimator's overall rate says little.",
-        "",
-        "| flag | n | " + " | ".join(shown) + " |",
-        "|---|---:|" + "---|" * len(shown),
-    ]
-    for flag in sorted(flag_counts, key=lambda f: (-sum(sum(cells[(f, n)]) for n in shown), f)):
-        row = []
-        for n in shown:
-            w, u = cells[(flag, n)]
-            row.append("{}/{}".format(w, u) if w or u else "")
-        lines.append("| {} | {} | {} |".format(flag, flag_counts[flag], " | ".join(row)))
-    lines += ["", "## Wrong cases", "", "| seed | estimator | max z | where | flags |", "|---:|---|---:|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["estimator"] == CONTROL, r["estimator"], int(r["seed"]))):
-        if r["outcome"] == WRONG and r["estimator"] != CONTROL:
-            lines.append(
-                "| {} | {} | {} | {} | {} |".format(
-                    r["seed"], r["estimator"], r["max_z"], r["message"][:90], r["flags"]
+    if not shown:
+        lines += ["", "No estimator other than the negative control is wrong or unclear on any structure."]
+    else:
+        lines += [
+            "",
+            "## Wrong and unclear cases by structure flag",
+            "",
+            "Cell: `wrong/unclear` among the n structures with the flag (empty: none). Flags are not exclusive; "
+            "a flag whose rate is near an estimator's overall rate says little.",
+            "",
+            "| flag | n | " + " | ".join(shown) + " |",
+            "|---|---:|" + "---|" * len(shown),
+        ]
+        for flag in sorted(flag_counts, key=lambda f: (-sum(sum(cells[(f, n)]) for n in shown), f)):
+            row = []
+            for n in shown:
+                w, u = cells[(flag, n)]
+                row.append("{}/{}".format(w, u) if w or u else "")
+            lines.append("| {} | {} | {} |".format(flag, flag_counts[flag], " | ".join(row)))
+        wrong = [r for r in rows if r["outcome"] == WRONG and r["estimator"] != CONTROL]
+        if wrong:
+            lines += [
+                "",
+                "## Wrong cases",
+                "",
+                "| seed | estimator | max z | where | flags |",
+                "|---:|---|---:|---|---|",
+            ]
+        for r in sorted(rows, key=lambda r: (r["estimator"] == CONTROL, r["estimator"], int(r["seed"]))):
+            if r["outcome"] == WRONG and r["estimator"] != CONTROL:
+                lines.append(
+                    "| {} | {} | {} | {} | {} |".format(
+                        r["seed"], r["estimator"], r["max_z"], r["message"][:90], r["flags"]
+                    )
                 )
-            )
-    lines += ["", "## Unclear errors (one per estimator and message start)", ""]
+    if any(r["outcome"] == UNCLEAR for r in rows):
+        lines += ["", "## Unclear errors (one per estimator and message start)", ""]
     seen = set()
     for r in rows:
         if r["outcome"] != UNCLEAR:

@@ -76,6 +76,8 @@ def rubric(text):
 
 def list_table(header, rows, widths=None, css_class=None):
     """A ``list-table`` directive; cells are reST already. ``css_class``: an HTML class for the table."""
+    if not rows:  # a header alone is not a table to docutils; say so in words instead
+        return ["*(no rows)*", ""]
     ncols = max([len(header)] + [len(r) for r in rows])
     lines = [".. list-table::", "   :header-rows: 1"]
     if widths:

@@ -205,13 +205,13 @@ class PseudoActionGradient(Surrogate):
 
     assumes = frozenset([INDEPENDENT, LEFT_DIMS])
 
-    def check_structure(self, structure):
+    def check_structure(self, structure, names=None):
         # a lone Bernoulli site's pseudo-action is one row: a model that moves the row dim mixes nothing. With
         # several discrete sites every site's rows go into one batched replay, and they would mix.
-        sites = structure.sites
-        lone_bernoulli = len(sites) == 1 and next(iter(sites.values())).kind == BERNOULLI
-        return check_assumptions({INDEPENDENT}, structure) or check_assumptions(
-            {LEFT_DIMS}, structure, [] if lone_bernoulli else None
+        sites = [s for n, s in structure.sites.items() if names is None or n in names]
+        lone_bernoulli = len(sites) == 1 and sites[0].kind == BERNOULLI
+        return check_assumptions({INDEPENDENT}, structure, names) or check_assumptions(
+            {LEFT_DIMS}, structure, [] if lone_bernoulli else names
         )
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
@@ -230,9 +230,12 @@ class PseudoActionGradient(Surrogate):
 
     def __call__(self, particles, step):
         _, surrogate_elbo = particles.pathwise_terms()
-        surrogate = -surrogate_elbo
+        return self.site_terms(particles, step, None, -surrogate_elbo)[0] / particles.num_particles
+
+    def site_terms(self, particles, step, names, surrogate):
+        """``surrogate`` plus the terms of the sites ``names`` (all: ``None``), summed over particles."""
         for pair in particles:
-            sites = score_function_sites(pair.guide_trace)
+            sites = [(n, s) for n, s in score_function_sites(pair.guide_trace) if names is None or n in names]
             if not sites:
                 continue
             noise = pair.sampler.noise
@@ -246,4 +249,4 @@ class PseudoActionGradient(Surrogate):
                 )
                 grad = _logit_gradient(kind, site_noise, logits, site["value"], f_true, replayed[name], self.binary)
                 surrogate = surrogate + (grad.detach() * logits).sum()
-        return surrogate / particles.num_particles
+        return surrogate, lambda total: total

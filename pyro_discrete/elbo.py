@@ -31,7 +31,8 @@ from pyro.util import warn_if_nan
 from .compile import CompileCache
 from .errors import EstimatorError
 from .explain import Explanations
-from .per_site import check_estimator_annotations
+from .per_site import PerSite, check_estimator_annotations, guide_annotations
+from .per_site import resolve as resolve_annotations
 from .samplers import IIDSampler
 from .structure import analyze_left_of_plates
 from .surrogate import Particles, ScoreSite, Step, Surrogate, TracePair
@@ -147,6 +148,7 @@ class DiscreteELBO(Explanations, ELBO):
         self._compiled = CompileCache()
         self._warned_infer_keys = set()
         self._annotated_methods = {}  # registry name -> its method, for infer={"estimator": ...} (per_site)
+        self._per_site = {}  # (model, guide) -> the surrogate of their steps (the ELBO's, or a per-site mix)
         self._replay_checks = StructureChecks()
         self._structures = {}
         self._downstream_costs = {}
@@ -201,7 +203,7 @@ class DiscreteELBO(Explanations, ELBO):
         return self._draw_particles(step, for_gradient)
 
     def _draw_particles(self, step, for_gradient):
-        sampler = self.sampler if for_gradient else self.loss_sampler
+        sampler = (step.sampler or self.sampler) if for_gradient else self.loss_sampler
         self._ensure_plate_nesting(step, sampler)
         particle_dim = self._particle_dim()
         if particle_dim is not None:
@@ -259,7 +261,7 @@ class DiscreteELBO(Explanations, ELBO):
                 return None
             structure = self._analyze(step, pair)
             if structure is not None:
-                self._check_structure(structure, pair)
+                self._check_structure(structure, pair, step)
             if signature is not None:
                 self._structures[signature] = structure
         self._last_structure = structure
@@ -284,7 +286,7 @@ class DiscreteELBO(Explanations, ELBO):
             dim = -depth - 1
         return analyze_left_of_plates(pair.model, pair.guide, step.args, step.kwargs, dim)[0]
 
-    def _check_structure(self, structure, pair):
+    def _check_structure(self, structure, pair, step):
         """Raises an :class:`~pyro_discrete.errors.EstimatorError` for what the estimator cannot take."""
         from .registry import alternatives
 
@@ -307,7 +309,7 @@ class DiscreteELBO(Explanations, ELBO):
                 requirement="particles_not_mixed",
                 alternatives=looped,
             )
-        failure = self.surrogate.check_structure(structure)
+        failure = step.surrogate.check_structure(structure)
         if failure is not None:
             sites, requirement, message = failure
             names = alternatives(self, structure, vectorized=pair.particle_dim is not None)
@@ -331,7 +333,7 @@ class DiscreteELBO(Explanations, ELBO):
         sampled_guide = sampler(guide)
         model_handler = sampler.model_handler()
         run_model = model if model_handler is None else model_handler(model)
-        if step.track_dependencies or self.surrogate.wants_provenance(step):
+        if step.track_dependencies or step.surrogate.wants_provenance(step):
             with TrackNonReparam():
                 model_trace, guide_trace, raw = get_importance_traces(
                     self.max_plate_nesting, run_model, sampled_guide, step.args, step.kwargs, with_raw=True
@@ -346,7 +348,7 @@ class DiscreteELBO(Explanations, ELBO):
         check_model_guide(self, model_trace, guide_trace)
         for name, site in sample_sites(guide_trace):
             if not site["is_observed"]:
-                self.surrogate.check_site(self, name, site)
+                step.surrogate.check_site(self, name, site)
         check_infer_keys(self, guide_trace, self.surrogate.honored_infer_keys)
         check_estimator_annotations(self, guide_trace)
         step.evaluations += num_particles * getattr(sampler, "evaluations", 1)
@@ -399,14 +401,40 @@ class DiscreteELBO(Explanations, ELBO):
             self.surrogate.after_step()
         return loss, surrogate
 
+    def _per_site_surrogate(self, step):
+        """
+        The ELBO's surrogate, or a :class:`~pyro_discrete.per_site.PerSite` mix
+        when the guide's sites carry ``infer={"estimator": ...}`` annotations of
+        other methods (read from one run of the guide, once per guide).
+        """
+        key = _key(step.model, step.guide)
+        surrogate = self._per_site.get(key) if key is not None else None
+        if surrogate is not None:
+            return surrogate
+        try:
+            annotated = guide_annotations(step.guide, step.args, step.kwargs)
+        except Exception:  # noqa: BLE001 -- a guide that runs only in the ELBO's plates: checked on the traces
+            annotated = {}
+        others = resolve_annotations(self, annotated) if annotated else {}
+        surrogate = self.surrogate
+        if others:
+            surrogate = PerSite(self.surrogate, others)
+            surrogate.bind(self)
+        if key is not None:
+            self._per_site[key] = surrogate
+        return surrogate
+
     def _jit_unsupported(self):
         """Why this estimator cannot be compiled, or ``None``."""
         return self.surrogate.jit_unsupported()
 
     def _traced_loss_and_surrogate(self, model, guide, args, kwargs, update):
         step = Step(self, model, guide, args, kwargs, update)
+        step.surrogate = self._per_site_surrogate(step)
+        if step.surrogate is not self.surrogate:
+            step.sampler = step.surrogate.sampler(self)
         particles = self._draw(step, for_gradient=True)
-        loss, surrogate = self.surrogate.loss_and_surrogate(particles, step)
+        loss, surrogate = step.surrogate.loss_and_surrogate(particles, step)
         self.num_evaluations = step.evaluations
         loss = detach_provenance(loss)
         if torch.is_tensor(loss):

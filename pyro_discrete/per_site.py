@@ -1,24 +1,39 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-Per-site estimator annotations, in Pyro's idiom: a guide site carries
+Per-site estimators, in Pyro's idiom: a guide site carries
 ``infer={"estimator": NAME}`` (a registry name, or an ELBO of this package),
 and :func:`config_estimator` annotates a guide's discrete sites as
 :func:`pyro.infer.enum.config_enumerate` does for enumeration.
 
 Every ELBO of the package reads the annotations (the design is in the
-developer guide, *Per-site estimators*): a site annotated with the ELBO's own
-method runs as before; a name that is not registered, or a site annotated
-with another method than the ELBO's -- a per-site mix, whose dispatch is not
-implemented yet -- is an :class:`~pyro_discrete.errors.EstimatorError` that
-names the sites and their methods. An annotation is never silently ignored.
+developer guide, *Per-site estimators*). Sites annotated with the ELBO's own
+method, or not annotated, get the ELBO's estimator. Under the ELBO objective,
+the score family (``score``, ``loo``, ``moving_average``) and the
+pseudo-action estimators (``arsm``, ``arm``) mix freely, site by site: every
+discrete site is drawn exactly from the guide (with the augmentation's noise
+kept when a pseudo-action site is among them), each site's gradient term is
+its own method's, and the pathwise part is computed once (:class:`PerSite`).
+A replayed site needs no guide site to depend on it, checked for that site
+only. Any other mix, or a name that is not registered, is an
+:class:`~pyro_discrete.errors.EstimatorError` that names the sites and their
+methods; an annotation is never silently ignored.
 """
 
 from pyro import poutine
 
 from .errors import EstimatorError
-from .util import CONTINUOUS, sample_sites, site_kind
+from .surrogate import Surrogate
+from .util import CONTINUOUS, preserved_rng, sample_sites, site_kind
 
-__all__ = ["ESTIMATOR_KEY", "check_estimator_annotations", "config_estimator"]
+__all__ = [
+    "ESTIMATOR_KEY",
+    "PerSite",
+    "annotations",
+    "check_estimator_annotations",
+    "config_estimator",
+    "guide_annotations",
+    "resolve",
+]
 
 #: the ``infer`` key of a guide site that names its estimator
 ESTIMATOR_KEY = "estimator"
@@ -90,18 +105,25 @@ def _label(elbo):
     return type(elbo).__name__
 
 
-def check_estimator_annotations(elbo, guide_trace):
+def _mixable(surrogate):
+    from .arsm import PseudoActionGradient
+    from .score import ScoreFunction
+
+    return isinstance(surrogate, (ScoreFunction, PseudoActionGradient))
+
+
+def resolve(elbo, annotated):
     """
-    Checks the ``infer={"estimator": ...}`` annotations of a guide trace
-    against ``elbo``: every annotated discrete site must name ``elbo``'s own
-    method (see the module's docstring).
+    ``{site: (label, method, surrogate)}`` of the sites annotated with another
+    method than ``elbo``'s, or an :class:`EstimatorError` for an unknown name
+    or a mix this package cannot run.
     """
+    from .elbo import DiscreteELBO
+    from .registry import REGISTRY
+
     own = elbo.method()
-    others = []
-    for name, site in sample_sites(guide_trace):
-        if site["is_observed"] or ESTIMATOR_KEY not in site["infer"]:
-            continue
-        spec = site["infer"][ESTIMATOR_KEY]
+    others = {}
+    for name, spec in annotated.items():
         label, method = _method_of(elbo, spec)
         if method is None:
             raise EstimatorError(
@@ -111,21 +133,147 @@ def check_estimator_annotations(elbo, guide_trace):
                 sites=(name,),
                 requirement="registered_estimator",
             )
-        if method != own:
-            others.append((name, label))
-    if others:
-        names = sorted({label for _, label in others if isinstance(label, str)})
+        if method == own:
+            continue
+        if isinstance(spec, DiscreteELBO):
+            made = type(spec)(num_particles=elbo.num_particles, **_options_of(spec))
+        else:
+            made = REGISTRY[spec].make(num_particles=elbo.num_particles)
+        others[name] = (label, method, made.surrogate)
+    if not others:
+        return others
+    if not _mixable(elbo.surrogate) or not all(_mixable(s) for _, _, s in others.values()):
+        labels = sorted({label for label, _, _ in others.values()})
         raise EstimatorError(
             elbo,
-            "guide site{} {} {} annotated with another estimator than this ELBO's ({}); a different estimator "
-            "per site is not implemented yet. Remove the annotations, or use one estimator for the whole "
-            "model.".format(
+            "guide site{} {} {} annotated with another estimator than this ELBO's ({}); per site, the score "
+            "family (score, loo, moving_average) and ARSM/ARM mix under the ELBO, other mixes are not "
+            "implemented yet. Remove the annotations, or use one estimator for the whole model.".format(
                 "s" if len(others) > 1 else "",
-                ", ".join("'{}' ({})".format(n, label) for n, label in others),
+                ", ".join("'{}' ({})".format(n, label) for n, (label, _, _) in others.items()),
                 "are" if len(others) > 1 else "is",
                 _label(elbo),
             ),
-            sites=tuple(n for n, _ in others),
+            sites=tuple(others),
             requirement="one_estimator_per_model",
-            suggest=(lambda e: e.name in names) if names else True,
+            suggest=lambda e: e.name in labels,
         )
+    return others
+
+
+def _options_of(elbo):
+    # an annotation given as an ELBO: its method, with the annotated ELBO's particle count
+    from .arsm import ARSMELBO
+    from .score import TraceScoreELBO
+
+    if isinstance(elbo, TraceScoreELBO):
+        return {"baseline": elbo.surrogate.spec, "decay": elbo.surrogate.decay}
+    if isinstance(elbo, ARSMELBO):
+        return {"binary": elbo.surrogate.binary}
+    return {}
+
+
+def annotations(guide_trace):
+    """``{site: spec}``: the ``infer={"estimator": spec}`` annotations of a guide trace's latent sites."""
+    return {
+        name: site["infer"][ESTIMATOR_KEY]
+        for name, site in sample_sites(guide_trace)
+        if not site["is_observed"] and ESTIMATOR_KEY in site["infer"]
+    }
+
+
+def check_estimator_annotations(elbo, guide_trace):
+    """
+    Checks the ``infer={"estimator": ...}`` annotations of a guide trace
+    against ``elbo``: every annotated site names a registered method, and a
+    mix is one :class:`PerSite` runs (see the module's docstring).
+    """
+    resolve(elbo, annotations(guide_trace))
+
+
+class PerSite(Surrogate):
+    """
+    The surrogate of a per-site mix under the ELBO: the ELBO's own surrogate
+    (``own``) for the sites not annotated otherwise, and one surrogate per
+    other method for its sites. The pathwise part is computed once; each
+    method adds the gradient terms of its own sites
+    (``site_terms(particles, step, names, surrogate)``), and the baselines'
+    own objectives are added after the division by the particle count, as
+    each method does alone.
+
+    :param own: the ELBO's surrogate.
+    :param dict others: ``site -> (label, method, surrogate)`` of the sites
+        annotated with another method.
+    """
+
+    def __init__(self, own, others):
+        self.own = own
+        self.groups = {}  # method -> (surrogate, set of sites)
+        for name, (_, method, surrogate) in others.items():
+            self.groups.setdefault(method, (surrogate, set()))[1].add(name)
+        self.others = frozenset(others)
+        self.site_kinds = own.site_kinds
+        self.honored_infer_keys = own.honored_infer_keys
+
+    def bind(self, elbo):
+        for surrogate, _ in self.groups.values():
+            surrogate.bind(elbo)
+
+    def sampler(self, elbo):
+        """The sampler class: the pseudo-action estimators' augmented draws if any site is theirs."""
+        from .arsm import AugmentedSampler, PseudoActionGradient
+
+        surrogates = [self.own] + [s for s, _ in self.groups.values()]
+        if any(isinstance(s, PseudoActionGradient) for s in surrogates):
+            return AugmentedSampler
+        return elbo.sampler
+
+    def check_site(self, elbo, name, site):
+        for surrogate, names in self.groups.values():
+            if name in names:
+                return surrogate.check_site(elbo, name, site)
+        return self.own.check_site(elbo, name, site)
+
+    def check_structure(self, structure, names=None):
+        own = [n for n in structure.sites if n not in self.others]
+        failure = self.own.check_structure(structure, own)
+        for surrogate, group in self.groups.values():
+            failure = failure or surrogate.check_structure(structure, sorted(group))
+        return failure
+
+    def wants_provenance(self, step):
+        return self.own.wants_provenance(step)
+
+    def __call__(self, particles, step):
+        _, surrogate_elbo = particles.pathwise_terms()
+        own = [n for n in _score_site_names(particles) if n not in self.others]
+        surrogate, after = self.own.site_terms(particles, step, own, -surrogate_elbo)
+        afters = [after]
+        for method in sorted(self.groups):
+            group_surrogate, names = self.groups[method]
+            surrogate, after = group_surrogate.site_terms(particles, step, names, surrogate)
+            afters.append(after)
+        total = surrogate / particles.num_particles
+        for after in afters:
+            total = after(total)
+        return total
+
+    def after_step(self):
+        self.own.after_step()
+        for surrogate, _ in self.groups.values():
+            surrogate.after_step()
+
+
+def _score_site_names(particles):
+    from .traces import score_function_sites
+
+    return [name for name, _ in score_function_sites(particles.pairs[0].guide_trace)]
+
+
+def guide_annotations(guide, args, kwargs):
+    """The annotations of one run of ``guide`` (random state kept, nothing recorded)."""
+    import torch
+
+    with preserved_rng(), torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    return annotations(trace)

@@ -65,10 +65,21 @@ class ScoreFunction(Surrogate):
 
     def __call__(self, particles, step):
         _, surrogate_elbo = particles.pathwise_terms()
-        surrogate = -surrogate_elbo
+        surrogate, after = self.site_terms(particles, step, None, -surrogate_elbo)
+        return after(surrogate / particles.num_particles)
+
+    def site_terms(self, particles, step, names, surrogate):
+        """
+        ``surrogate`` plus the score terms of the sites ``names`` (all: ``None``),
+        summed over particles, and ``after(total)``, which adds the baselines'
+        own objectives to the total divided by the particle count (see
+        :mod:`~pyro_discrete.per_site`).
+        """
         objectives = {}
         baseline_losses = []
         for score_site in particles.score_sites():
+            if names is not None and score_site.name not in names:
+                continue
             if score_site.site["infer"].get("baseline") is not None:  # TraceGraph_ELBO's per-site options
                 term, loss = self._tracegraph_term(particles, score_site, step)
                 surrogate = surrogate + term
@@ -95,12 +106,15 @@ class ScoreFunction(Surrogate):
             surrogate = surrogate + (score_site.score * centered).sum()
             if step.update:
                 baseline.update(score_site)
-        surrogate = surrogate / particles.num_particles
-        for auxiliary, objective in objectives.items():
-            surrogate = surrogate + auxiliary.term(objective / particles.num_particles)
-        for loss in baseline_losses:  # as TraceGraph_ELBO: the squared errors, averaged over particles
-            surrogate = surrogate + loss / particles.num_particles
-        return surrogate
+
+        def after(total):
+            for auxiliary, objective in objectives.items():
+                total = total + auxiliary.term(objective / particles.num_particles)
+            for loss in baseline_losses:  # as TraceGraph_ELBO: the squared errors, averaged over particles
+                total = total + loss / particles.num_particles
+            return total
+
+        return surrogate, after
 
     def _tracegraph_term(self, particles, score_site, step):
         """

@@ -194,6 +194,10 @@ class Step:
         self.track_dependencies = bool(elbo.track_dependencies)
         #: the :class:`~pyro_discrete.structure.Structure` of the model and guide (``None`` if not analyzed)
         self.structure = None
+        #: the surrogate of this step: the ELBO's, or a per-site mix (:class:`~pyro_discrete.per_site.PerSite`)
+        self.surrogate = elbo.surrogate
+        #: the sampler class of this step's gradient draws (``None``: the ELBO's)
+        self.sampler = None
 
     def widened(self, name):
         """The ``(plate, dim)`` frames over which site ``name``'s cost is summed (:mod:`~pyro_discrete.structure`)."""
@@ -231,13 +235,14 @@ class Surrogate:
     #: :data:`~pyro_discrete.structure.UNMASKED` (masks are not functions of its discrete sites)
     assumes = frozenset()
 
-    def check_structure(self, structure):
+    def check_structure(self, structure, names=None):
         """
         ``None`` if this surrogate takes a model and guide of this
-        :class:`~pyro_discrete.structure.Structure`, else ``(sites,
-        requirement, message)`` saying which assumption fails where.
+        :class:`~pyro_discrete.structure.Structure` for the guide sites
+        ``names`` it handles (default: all), else ``(sites, requirement,
+        message)`` saying which assumption fails where.
         """
-        return check_assumptions(self.assumes, structure)
+        return check_assumptions(self.assumes, structure, names)
 
     def wants_provenance(self, step):
         """Whether this step's traces should carry provenance (a check of the model's structure)."""
