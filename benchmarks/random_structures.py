@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-Every registered unbiased estimator (and a negative control, a correct
+Every registered unbiased estimator, the per-site targets (``auto``: every
+discrete site annotated ``"auto"``; ``mix``: a random method per site under a
+random ELBO, see ``per_site_target``), and a negative control (a correct
 estimator's gradient times 1.1) on randomly generated model/guide pairs
 (``tests/random_structures.py``), each pair classified ``works``,
 ``clear error``, ``unclear error`` or ``wrong`` against an exact reference.
@@ -26,7 +28,18 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import pyro  # noqa: E402
 import torch  # noqa: E402
-from random_structures import CLEAR, OUTCOMES, UNCLEAR, WORKS, WRONG, classify, generate, negative_control  # noqa: E402
+from random_structures import (  # noqa: E402
+    CLEAR,
+    OUTCOMES,
+    PER_SITE,
+    UNCLEAR,
+    WORKS,
+    WRONG,
+    classify,
+    generate,
+    negative_control,
+    per_site_target,
+)
 
 from pyro_discrete.registry import REGISTRY, names  # noqa: E402
 
@@ -76,10 +89,14 @@ def run_structure(seed, estimators, done):
     for name in estimators:
         if (str(seed), name) in done:
             continue
-        target = negative_control if name == CONTROL else REGISTRY[name]
+        run = structure
+        if name in PER_SITE:
+            run, target = per_site_target(structure, name, seed)
+        else:
+            target = negative_control if name == CONTROL else REGISTRY[name]
         pyro.clear_param_store()
         start = time.perf_counter()
-        outcome = classify(structure, target, references=references, seed=seed)
+        outcome = classify(run, target, references=references, seed=seed)
         note = outcome.details.get("note", "")
         if outcome.outcome in (CLEAR, UNCLEAR):
             note = "at {}{}".format(
@@ -229,9 +246,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    estimators = args.estimators.split(",") if args.estimators else names(lambda e: e.unbiased)
+    estimators = args.estimators.split(",") if args.estimators else names(lambda e: e.unbiased) + list(PER_SITE)
     for name in estimators:
-        if name not in REGISTRY:
+        if name not in REGISTRY and name not in PER_SITE:
             parser.error("unknown estimator {!r}".format(name))
     if not args.no_control:
         estimators = estimators + [CONTROL]

@@ -35,12 +35,16 @@ def vectorized_frames(site):
     return frozenset((f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized)
 
 
-def cost_terms(model_trace, guide_trace, track_dependencies=False, detach=True):
+def cost_terms(model_trace, guide_trace, track_dependencies=False, detach=True, weights=None):
     """
     The terms of ``log q - log p`` (detached, unless ``detach=False``), added
     up per set of vectorized plates they live in (and, with
     ``track_dependencies``, per provenance): a dict from that key to a tensor.
     See :func:`cost_to_frames`.
+
+    :param weights: with some guide sites enumerated, their
+        :class:`~pyro_discrete.expect.EnumerationWeights`: each term is weighted
+        by the guide probability of the configurations it depends on.
     """
     groups = {}
     for trace, negate in ((model_trace, True), (guide_trace, False)):
@@ -52,6 +56,9 @@ def cost_terms(model_trace, guide_trace, track_dependencies=False, detach=True):
             if detach:
                 log_prob = log_prob.detach()
             key = vectorized_frames(site)
+            if weights is not None:  # kept apart per enumerated dims, to be summed over those a site does not have
+                log_prob = weights.weigh(log_prob, detach=detach)
+                key = key | weights.frames(log_prob)
             if track_dependencies:
                 key = (key, provenance)
             previous = groups.get(key)
@@ -62,7 +69,7 @@ def cost_terms(model_trace, guide_trace, track_dependencies=False, detach=True):
     return groups
 
 
-def cost_to_frames(groups, site, track_dependencies=False, widened=frozenset()):
+def cost_to_frames(groups, site, track_dependencies=False, widened=frozenset(), enumerated=frozenset()):
     """
     The share of the terms of :func:`cost_terms` that ``site`` can influence:
     every term summed over the plates the site is not in. Returns a tensor, or
@@ -72,9 +79,12 @@ def cost_to_frames(groups, site, track_dependencies=False, widened=frozenset()):
         cost is summed too, because terms in one element of that plate depend
         on the site's value in other elements (found by
         :mod:`~pyro_discrete.structure`).
+    :param enumerated: the frames of the enumerated dims the site's own
+        log-density varies along (:meth:`~pyro_discrete.expect.EnumerationWeights.frames`):
+        its cost is summed over the others.
     """
     name = site["name"]
-    target = vectorized_frames(site) - widened
+    target = (vectorized_frames(site) - widened) | enumerated
     cost = None
     for key, value in groups.items():
         if track_dependencies:
@@ -105,7 +115,7 @@ def site_shape(site):
     return score_function.shape if torch.is_tensor(score_function) else site["log_prob"].shape
 
 
-def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups=None, widened=None):
+def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups=None, widened=None, weights=None):
     """
     The cost that each named guide site can influence, per particle and per
     element of the site's plates, detached and broadcast to the shape of the
@@ -115,16 +125,22 @@ def site_costs(model_trace, guide_trace, names, track_dependencies=False, groups
     :param dict groups: the :func:`cost_terms` of the traces, when already computed.
     :param widened: ``f(name)``, the frames over which a site's cost is summed
         too (see :func:`cost_to_frames`); default none.
+    :param weights: with some guide sites enumerated, their
+        :class:`~pyro_discrete.expect.EnumerationWeights`: a cost is summed over
+        the enumerated dims the site's own log-density does not vary along,
+        which makes it the expectation over those sites.
     :returns: dict from name to a detached tensor.
     """
     if not names:
         return {}
     if groups is None:
-        groups = cost_terms(model_trace, guide_trace, track_dependencies)
+        groups = cost_terms(model_trace, guide_trace, track_dependencies, weights=weights)
     costs = {}
     for name in names:
         site = guide_trace.nodes[name]
-        cost = cost_to_frames(groups, site, track_dependencies, frozenset() if widened is None else widened(name))
+        enumerated = frozenset() if weights is None else weights.frames(site["log_prob"])
+        widened_frames = frozenset() if widened is None else widened(name)
+        cost = cost_to_frames(groups, site, track_dependencies, widened_frames, enumerated)
         shape = site_shape(site)
         costs[name] = site["log_prob"].new_zeros(shape) if cost is None else broadcast_cost(cost, shape)
     return costs

@@ -31,8 +31,7 @@ from pyro.util import warn_if_nan
 from .compile import CompileCache
 from .errors import EstimatorError
 from .explain import Explanations
-from .per_site import PerSite, check_estimator_annotations, guide_annotations
-from .per_site import resolve as resolve_annotations
+from .per_site import check_estimator_annotations, surrogate_for
 from .samplers import IIDSampler
 from .structure import analyze_left_of_plates
 from .surrogate import Particles, ScoreSite, Step, Surrogate, TracePair
@@ -408,21 +407,29 @@ class DiscreteELBO(Explanations, ELBO):
         other methods (read from one run of the guide, once per guide).
         """
         key = _key(step.model, step.guide)
-        surrogate = self._per_site.get(key) if key is not None else None
-        if surrogate is not None:
-            return surrogate
-        try:
-            annotated = guide_annotations(step.guide, step.args, step.kwargs)
-        except Exception:  # noqa: BLE001 -- a guide that runs only in the ELBO's plates: checked on the traces
-            annotated = {}
-        others = resolve_annotations(self, annotated) if annotated else {}
-        surrogate = self.surrogate
-        if others:
-            surrogate = PerSite(self.surrogate, others)
-            surrogate.bind(self)
+        cached = self._per_site.get(key) if key is not None else None
+        if cached is not None:
+            return cached[0]
+        surrogate, rows = surrogate_for(self, step.model, step.guide, step.args, step.kwargs)
         if key is not None:
-            self._per_site[key] = surrogate
+            self._per_site[key] = (surrogate, rows)
         return surrogate
+
+    def site_methods(self, model, guide, *args, **kwargs):
+        """
+        Which gradient method each discrete guide site gets from this ELBO, and
+        why: a list of :class:`~pyro_discrete.auto.SiteChoice` (site, method,
+        why), in guide order, for annotated sites (``infer={"estimator": ...}``,
+        ``"auto"`` included) and the others alike. Runs the guide once (and,
+        for ``"auto"``, the structural analysis); draws nothing the next step
+        would see.
+        """
+        step = Step(self, model, guide, args, kwargs, False)
+        self._per_site_surrogate(step)
+        key = _key(model, guide)
+        if key is None:
+            return surrogate_for(self, model, guide, args, kwargs)[1]
+        return list(self._per_site[key][1])
 
     def _jit_unsupported(self):
         """Why this estimator cannot be compiled, or ``None``."""

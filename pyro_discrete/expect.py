@@ -23,7 +23,15 @@ from .util import (
     total,
 )
 
-__all__ = ["EnumerateSampler", "ExpectELBO", "Expectation", "joint_support"]
+__all__ = [
+    "EnumerateSampler",
+    "EnumerationWeights",
+    "ExpectELBO",
+    "Expectation",
+    "PartlyEnumeratedSampler",
+    "check_enumerated_plates",
+    "joint_support",
+]
 
 
 def joint_support(fn):
@@ -78,10 +86,10 @@ class EnumerateSampler(Sampler):
 
     needs_plate_nesting = True
 
-    def __init__(self, elbo):
+    def __init__(self, elbo, budget=None):
         super().__init__(elbo)
         self.next_dim = -elbo.max_plate_nesting - 1
-        self.budget = elbo.budget
+        self.budget = elbo.budget if budget is None else budget
         self.evaluations = 1
         #: guide site name -> the (negative) batch dim that holds its enumerated values, filled as the guide
         #: runs: ``-max_plate_nesting - 1`` for the first discrete site, one further left for each next one
@@ -233,59 +241,151 @@ class Expectation(Surrogate):
         loss = self.loss(particles)
         return (loss.detach() if torch.is_tensor(loss) else loss), loss
 
+    def site_terms(self, particles, step, names, surrogate):
+        """Enumerated sites need no term of their own: their weights carry their gradient."""
+        return surrogate, _unchanged
+
     def expected_elbo(self, pair):
-        model_trace, guide_trace, dims = pair.model_trace, pair.guide_trace, pair.sampler.dims
-        log_q = {name: guide_trace.nodes[name]["unscaled_log_prob"] for name in dims}
-
-        def present(tensor):
-            return frozenset(name for name, dim in dims.items() if tensor.dim() >= -dim and tensor.shape[dim] > 1)
-
-        parents = {name: present(log_q[name]) - {name} for name in dims}
-
-        def ancestors(names):
-            result = set(names)
-            stack = list(names)
-            while stack:
-                for parent in parents[stack.pop()]:
-                    if parent not in result:
-                        result.add(parent)
-                        stack.append(parent)
-            return sorted(result, key=lambda n: -dims[n])
-
+        weights = EnumerationWeights(pair.sampler.dims, pair.guide_trace)
         elbo = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for trace, sign in ((pair.model_trace, 1.0), (pair.guide_trace, -1.0)):
             for name, site in sample_sites(trace):
                 term = site["log_prob"]
-                needed = ancestors(present(term))
-                if not needed:
-                    elbo = elbo + sign * term.sum()
-                    continue
-                log_weight = total([log_q[n] for n in needed])
-                self._check_plates(pair.sampler.elbo, name, site, needed, guide_trace)
-                shape = torch.broadcast_shapes(term.shape, log_weight.shape)
-                term = term.expand(shape)
-                log_weight = log_weight.expand(shape)
-                # configurations of probability zero contribute nothing, even if
-                # their log-density is -inf (avoids 0 * inf = nan and its gradient)
-                possible = log_weight > -math.inf
-                term = torch.where(possible, term, torch.zeros((), dtype=term.dtype, device=term.device))
-                elbo = elbo + sign * (log_weight.exp() * term).sum()
+                needed = weights.needed(term)
+                if needed:
+                    self._check_plates(pair.sampler.elbo, name, site, needed, pair.guide_trace)
+                elbo = elbo + sign * weights.weigh(term, needed).sum()
         return elbo
 
     def _check_plates(self, elbo, name, site, needed, guide_trace):
-        # every plate of size > 1 of every needed guide site must be a plate of the term too, by name: a term in
-        # another plate on the same dim (sequential plates) would be multiplied element by element with it
-        frames = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized}
-        for site_name in needed:
-            for f in guide_trace.nodes[site_name]["cond_indep_stack"]:
-                if not f.vectorized or f.size <= 1 or (f.name, f.dim) in frames:
-                    continue
-                raise EstimatorError(
-                    elbo,
-                    "site '{}' is outside plate '{}' (batch dim {}) that the enumerated guide site '{}' is in, "
-                    "and depends on it; exact enumeration cannot sum over the joint of all plate elements. "
-                    "Move '{}' into the plate.".format(name, f.name, f.dim, site_name, name),
-                    sites=(site_name, name),
-                    requirement=PER_ELEMENT,
-                    suggest=lambda e: PER_ELEMENT not in e.make().surrogate.assumes,
-                )
+        check_enumerated_plates(elbo, name, site, needed, guide_trace)
+
+
+def _unchanged(total):
+    return total
+
+
+class EnumerationWeights:
+    r"""
+    The weights of the terms of a trace whose guide enumerated some discrete
+    sites (each along its own dim, :attr:`EnumerateSampler.dims`): a term
+    :math:`\ell_t` that varies along the dims of the enumerated sites
+    :math:`A(t)` (with their enumerated ancestors in the guide) is weighted by
+    :math:`q(z_{A(t)}) = \prod_{e \in A(t)} q(z_e \mid \cdot)`, so that the sum
+    over its configurations is its expectation under the guide. Sampled
+    sites stay sampled: a term that depends on them is that expectation
+    given their values.
+
+    :param dict dims: enumerated guide site -> its (negative) batch dim.
+    :param guide_trace: the guide's trace, log-probabilities computed.
+    """
+
+    def __init__(self, dims, guide_trace):
+        self.dims = dims
+        self.log_q = {name: guide_trace.nodes[name]["unscaled_log_prob"] for name in dims}
+        self.parents = {name: self.present(self.log_q[name]) - {name} for name in dims}
+
+    def present(self, tensor):
+        """The enumerated sites along whose dims ``tensor`` varies."""
+        return frozenset(name for name, dim in self.dims.items() if tensor.dim() >= -dim and tensor.shape[dim] > 1)
+
+    def frames(self, tensor):
+        """The enumerated dims ``tensor`` varies along, as frames ``("enumerated " + site, dim)`` for the costs."""
+        return frozenset(("enumerated " + name, self.dims[name]) for name in self.present(tensor))
+
+    def needed(self, term):
+        """:math:`A(t)`: the enumerated sites ``term`` varies along, with their enumerated ancestors, leftmost last."""
+        result = set(self.present(term))
+        stack = list(result)
+        while stack:
+            for parent in self.parents[stack.pop()]:
+                if parent not in result:
+                    result.add(parent)
+                    stack.append(parent)
+        return sorted(result, key=lambda n: -self.dims[n])
+
+    def weigh(self, term, needed=None, detach=False):
+        """
+        ``term`` times :math:`q(z_{A(t)})` (detached if ``detach``);
+        configurations of probability zero give zero, even at ``-inf``.
+        """
+        if needed is None:
+            needed = self.needed(term)
+        if not needed:
+            return term
+        log_weight = total([self.log_q[n] for n in needed])
+        if detach:
+            log_weight = log_weight.detach()
+        shape = torch.broadcast_shapes(term.shape, log_weight.shape)
+        term = term.expand(shape)
+        log_weight = log_weight.expand(shape)
+        # configurations of probability zero contribute nothing, even if their log-density is -inf (avoids
+        # 0 * inf = nan and its gradient)
+        possible = log_weight > -math.inf
+        term = torch.where(possible, term, torch.zeros((), dtype=term.dtype, device=term.device))
+        return log_weight.exp() * term
+
+
+class PartlyEnumeratedSampler(Sampler):
+    """
+    Enumerates the discrete guide sites that ``enumerated(name)`` selects,
+    each along its own dim left of the plates (as :class:`EnumerateSampler`),
+    and has ``base`` (a sampler class) draw every other site. After the guide
+    ran, :attr:`enumeration_weights` weighs the terms (:class:`EnumerationWeights`).
+    Used by per-site mixes of enumeration and sampling (:mod:`~pyro_discrete.per_site`).
+    """
+
+    needs_plate_nesting = True
+
+    def __init__(self, elbo, base, enumerated, budget):
+        super().__init__(elbo)
+        self.base = base(elbo)
+        self.enumerator = EnumerateSampler(elbo, budget)
+        self.enumerated = enumerated
+        #: the :class:`EnumerationWeights` of the last trace
+        self.enumeration_weights = None
+
+    @property
+    def dims(self):
+        return self.enumerator.dims
+
+    @property
+    def sizes(self):
+        return self.enumerator.sizes
+
+    @property
+    def evaluations(self):
+        return self.enumerator.evaluations
+
+    def draw(self, msg):
+        if self.enumerated(msg["name"]) and joint_support(msg["fn"]) is not None:
+            self.enumerator.draw(msg)
+        else:
+            self.base.draw(msg)
+
+    def model_handler(self):
+        return self.base.model_handler()
+
+    def after_trace(self, guide_trace):
+        self.base.after_trace(guide_trace)
+        self.enumeration_weights = EnumerationWeights(self.dims, guide_trace)
+
+
+def check_enumerated_plates(elbo, name, site, needed, guide_trace):
+    """An error if ``site`` is outside a plate of an enumerated guide site it depends on (``needed``)."""
+    # every plate of size > 1 of every needed guide site must be a plate of the term too, by name: a term in
+    # another plate on the same dim (sequential plates) would be multiplied element by element with it
+    frames = {(f.name, f.dim) for f in site["cond_indep_stack"] if f.vectorized}
+    for site_name in needed:
+        for f in guide_trace.nodes[site_name]["cond_indep_stack"]:
+            if not f.vectorized or f.size <= 1 or (f.name, f.dim) in frames:
+                continue
+            raise EstimatorError(
+                elbo,
+                "site '{}' is outside plate '{}' (batch dim {}) that the enumerated guide site '{}' is in, "
+                "and depends on it; exact enumeration cannot sum over the joint of all plate elements. "
+                "Move '{}' into the plate.".format(name, f.name, f.dim, site_name, name),
+                sites=(site_name, name),
+                requirement=PER_ELEMENT,
+                suggest=lambda e: PER_ELEMENT not in e.make().surrogate.assumes,
+            )

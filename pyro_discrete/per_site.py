@@ -26,6 +26,7 @@ from .surrogate import Surrogate
 from .util import CONTINUOUS, preserved_rng, sample_sites, site_kind
 
 __all__ = [
+    "AUTO",
     "ESTIMATOR_KEY",
     "PerSite",
     "annotations",
@@ -33,16 +34,20 @@ __all__ = [
     "config_estimator",
     "guide_annotations",
     "resolve",
+    "surrogate_for",
 ]
 
 #: the ``infer`` key of a guide site that names its estimator
 ESTIMATOR_KEY = "estimator"
 
+#: the annotation that lets the package choose a site's method from its structure (:func:`choose`)
+AUTO = "auto"
+
 
 def _registered(spec):
     from .registry import REGISTRY
 
-    if isinstance(spec, str) and spec not in REGISTRY:
+    if isinstance(spec, str) and spec not in REGISTRY and spec != AUTO:
         raise ValueError(
             "config_estimator: {!r} is not a registered estimator; registered: {}".format(spec, ", ".join(REGISTRY))
         )
@@ -58,7 +63,9 @@ def config_estimator(guide=None, spec=None):
 
     :param callable guide: a guide (a function or module); ``None`` returns a decorator.
     :param spec: a registry name (or ELBO) for every discrete site, or a dict
-        ``site name -> registry name`` (sites not in it are left unannotated).
+        ``site name -> registry name`` (sites not in it are left unannotated);
+        ``"auto"`` (for every site, or as a dict's value) lets the ELBO choose
+        each site's method from the model's structure (:func:`choose`).
     :returns: the annotated guide.
     """
     if guide is None:
@@ -105,18 +112,32 @@ def _label(elbo):
     return type(elbo).__name__
 
 
-def _mixable(surrogate):
+def _family(surrogate):
+    """``"score"``, ``"pseudo_action"``, ``"enumeration"``: the families that mix per site; ``None`` otherwise."""
     from .arsm import PseudoActionGradient
+    from .expect import Expectation
     from .score import ScoreFunction
 
-    return isinstance(surrogate, (ScoreFunction, PseudoActionGradient))
+    families = ((ScoreFunction, "score"), (PseudoActionGradient, "pseudo_action"), (Expectation, "enumeration"))
+    for cls, family in families:
+        if isinstance(surrogate, cls):
+            return family
+    return None
+
+
+def _mixable(surrogates):
+    # the score family mixes with either; ARSM/ARM replay the model at the sites' pseudo-actions, which is not
+    # written for traces with enumerated dims
+    families = {_family(s) for s in surrogates}
+    return None not in families and not {"pseudo_action", "enumeration"} <= families
 
 
 def resolve(elbo, annotated):
     """
     ``{site: (label, method, surrogate)}`` of the sites annotated with another
     method than ``elbo``'s, or an :class:`EstimatorError` for an unknown name
-    or a mix this package cannot run.
+    or a mix this package cannot run. ``"auto"`` annotations are left out
+    (the ELBO replaces them by its choice first: :mod:`~pyro_discrete.auto`).
     """
     from .elbo import DiscreteELBO
     from .registry import REGISTRY
@@ -124,6 +145,8 @@ def resolve(elbo, annotated):
     own = elbo.method()
     others = {}
     for name, spec in annotated.items():
+        if isinstance(spec, str) and spec == AUTO:
+            continue
         label, method = _method_of(elbo, spec)
         if method is None:
             raise EstimatorError(
@@ -142,13 +165,14 @@ def resolve(elbo, annotated):
         others[name] = (label, method, made.surrogate)
     if not others:
         return others
-    if not _mixable(elbo.surrogate) or not all(_mixable(s) for _, _, s in others.values()):
+    if not _mixable([elbo.surrogate] + [s for _, _, s in others.values()]):
         labels = sorted({label for label, _, _ in others.values()})
         raise EstimatorError(
             elbo,
             "guide site{} {} {} annotated with another estimator than this ELBO's ({}); per site, the score "
-            "family (score, loo, moving_average) and ARSM/ARM mix under the ELBO, other mixes are not "
-            "implemented yet. Remove the annotations, or use one estimator for the whole model.".format(
+            "family (score, loo, moving_average) mixes under the ELBO with ARSM/ARM or with exact enumeration "
+            "(expect); other mixes are not implemented yet. Remove the annotations, or use one estimator for "
+            "the whole model.".format(
                 "s" if len(others) > 1 else "",
                 ", ".join("'{}' ({})".format(n, label) for n, (label, _, _) in others.items()),
                 "are" if len(others) > 1 else "is",
@@ -201,12 +225,24 @@ class PerSite(Surrogate):
     own objectives are added after the division by the particle count, as
     each method does alone.
 
+    Sites of exact enumeration (:class:`~pyro_discrete.expect.Expectation`) are
+    laid out over their supports along dims left of the plates, the others
+    drawn as usual (:class:`~pyro_discrete.expect.PartlyEnumeratedSampler`);
+    every term is weighted by the guide probability of the enumerated
+    configurations it depends on (:class:`~pyro_discrete.expect.EnumerationWeights`),
+    so a sampled site's cost is its expectation over the enumerated sites it
+    does not depend on, weighted by those it does, as in
+    :class:`~pyro.infer.TraceEnum_ELBO`.
+
     :param own: the ELBO's surrogate.
     :param dict others: ``site -> (label, method, surrogate)`` of the sites
         annotated with another method.
     """
 
-    def __init__(self, own, others):
+    def __init__(self, own, others, budget=None):
+        from .expect import Expectation
+        from .traces import StructureChecks
+
         self.own = own
         self.groups = {}  # method -> (surrogate, set of sites)
         for name, (_, method, surrogate) in others.items():
@@ -214,16 +250,36 @@ class PerSite(Surrogate):
         self.others = frozenset(others)
         self.site_kinds = own.site_kinds
         self.honored_infer_keys = own.honored_infer_keys
+        #: the enumerated sites: ``(set, True)`` those in the set, ``(set, False)`` all but those
+        self.enumerated = None
+        if isinstance(own, Expectation):
+            self.enumerated = (self.others, False)
+        else:
+            names = set()
+            for surrogate, group in self.groups.values():
+                if isinstance(surrogate, Expectation):
+                    names |= group
+            if names:
+                self.enumerated = (frozenset(names), True)
+        self.budget = budget
+        self.checked = StructureChecks()
 
     def bind(self, elbo):
         for surrogate, _ in self.groups.values():
             surrogate.bind(elbo)
 
+    def is_enumerated(self, name):
+        names, inside = self.enumerated
+        return (name in names) == inside
+
     def sampler(self, elbo):
         """The sampler class: the pseudo-action estimators' augmented draws if any site is theirs."""
         from .arsm import AugmentedSampler, PseudoActionGradient
+        from .samplers import IIDSampler
 
         surrogates = [self.own] + [s for s, _ in self.groups.values()]
+        if self.enumerated is not None:
+            return _PartlyEnumerated(IIDSampler if self.enumerated[1] is False else elbo.sampler, self)
         if any(isinstance(s, PseudoActionGradient) for s in surrogates):
             return AugmentedSampler
         return elbo.sampler
@@ -242,9 +298,32 @@ class PerSite(Surrogate):
         return failure
 
     def wants_provenance(self, step):
+        # with enumerated sites, the first step of each model and guide checks that they broadcast over its dims
+        if self.enumerated is not None and not self.checked.done(step):
+            return True
         return self.own.wants_provenance(step)
 
+    def _check_enumeration(self, particles, step):
+        from .expect import check_enumerated_plates
+        from .traces import check_dims_follow_provenance
+
+        if step is None or self.checked.done(step):
+            return
+        for pair in particles:
+            sampler = pair.sampler
+            dims = {name: (dim, sampler.sizes[name]) for name, dim in sampler.dims.items()}
+            check_dims_follow_provenance(step.elbo, (pair.model_trace, pair.guide_trace), dims, "(enumerates)")
+            weights = pair.weights
+            for trace in (pair.model_trace, pair.guide_trace):
+                for name, site in sample_sites(trace):
+                    needed = weights.needed(site["log_prob"])
+                    if needed:
+                        check_enumerated_plates(step.elbo, name, site, needed, pair.guide_trace)
+        self.checked.add(step)
+
     def __call__(self, particles, step):
+        if self.enumerated is not None:
+            self._check_enumeration(particles, step)
         _, surrogate_elbo = particles.pathwise_terms()
         own = [n for n in _score_site_names(particles) if n not in self.others]
         surrogate, after = self.own.site_terms(particles, step, own, -surrogate_elbo)
@@ -264,16 +343,92 @@ class PerSite(Surrogate):
             surrogate.after_step()
 
 
+class _PartlyEnumerated:
+    """A sampler factory: :class:`~pyro_discrete.expect.PartlyEnumeratedSampler` for a :class:`PerSite` mix."""
+
+    needs_plate_nesting = True
+
+    def __init__(self, base, per_site):
+        self.base, self.per_site = base, per_site
+
+    def __call__(self, elbo):
+        from .expect import PartlyEnumeratedSampler
+
+        budget = self.per_site.budget or getattr(elbo, "budget", 10000)
+        return PartlyEnumeratedSampler(elbo, self.base, self.per_site.is_enumerated, budget)
+
+
+def surrogate_for(elbo, model, guide, args, kwargs):
+    """
+    ``(surrogate, rows)`` for a model and guide: ``elbo``'s own surrogate, or
+    a :class:`PerSite` mix when the guide's sites carry annotations of other
+    methods (``"auto"`` ones replaced by :func:`~pyro_discrete.auto.choose`'s
+    choice), and a :class:`~pyro_discrete.auto.SiteChoice` per discrete guide
+    site saying which method it gets and why.
+    """
+    from .auto import SiteChoice
+
+    try:
+        annotated, names = guide_annotations(guide, args, kwargs, with_sites=True)
+    except Exception:  # noqa: BLE001 -- a guide that runs only in the ELBO's plates: checked on the traces
+        return elbo.surrogate, []
+    own_label = _label(elbo)
+    auto = [n for n, spec in annotated.items() if isinstance(spec, str) and spec == AUTO]
+    choices = _choose(elbo, model, guide, args, kwargs, auto) if auto else {}
+    annotated = {n: spec for n, spec in annotated.items() if n not in choices}
+    annotated.update({n: c.method for n, c in choices.items() if c.method != own_label})
+    others = resolve(elbo, annotated) if annotated else {}
+    rows = []
+    for name in names:
+        if name in choices:
+            rows.append(choices[name])
+        elif name in others:
+            rows.append(SiteChoice(name, others[name][0], "annotated"))
+        else:
+            why = "annotated with the ELBO's own method" if name in annotated else "not annotated: the ELBO's own"
+            rows.append(SiteChoice(name, own_label, why))
+    if not others:
+        return elbo.surrogate, rows
+    surrogate = PerSite(elbo.surrogate, others)
+    surrogate.bind(elbo)
+    return surrogate, rows
+
+
+def _choose(elbo, model, guide, args, kwargs, names):
+    from .auto import choose
+    from .drawing import count_plate_dims
+    from .structure import analyze_left_of_plates
+
+    try:
+        with preserved_rng():
+            depth = count_plate_dims(model, guide, args, kwargs)
+            if elbo.max_plate_nesting != float("inf"):
+                depth = max(depth, elbo.max_plate_nesting)
+            structure, broadcasts = analyze_left_of_plates(model, guide, args, kwargs, -depth - 1)
+    except Exception:  # noqa: BLE001 -- a model the analysis cannot run: choose() says so
+        structure, broadcasts = None, False
+    return choose(elbo, structure, broadcasts, names)
+
+
 def _score_site_names(particles):
     from .traces import score_function_sites
 
     return [name for name, _ in score_function_sites(particles.pairs[0].guide_trace)]
 
 
-def guide_annotations(guide, args, kwargs):
-    """The annotations of one run of ``guide`` (random state kept, nothing recorded)."""
+def guide_annotations(guide, args, kwargs, with_sites=False):
+    """
+    The annotations of one run of ``guide`` (random state kept, nothing
+    recorded); with ``with_sites``, also the names of its discrete latent
+    sites, in guide order.
+    """
     import torch
 
     with preserved_rng(), torch.no_grad(), poutine.block():
         trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    return annotations(trace)
+    if not with_sites:
+        return annotations(trace)
+    names = [
+        name for name, site in sample_sites(trace) if not site["is_observed"] and site_kind(site["fn"]) != CONTINUOUS
+    ]
+    return annotations(trace), names

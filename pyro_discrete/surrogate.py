@@ -70,8 +70,14 @@ class TracePair:
     def cost_terms(self, track_dependencies=False):
         """The :func:`~pyro_discrete.costs.cost_terms` of this pair (computed once)."""
         if self._groups is None or self._groups[0] != track_dependencies:
-            self._groups = (track_dependencies, cost_terms(self.model_trace, self.guide_trace, track_dependencies))
+            groups = cost_terms(self.model_trace, self.guide_trace, track_dependencies, weights=self.weights)
+            self._groups = (track_dependencies, groups)
         return self._groups[1]
+
+    @property
+    def weights(self):
+        """The :class:`~pyro_discrete.expect.EnumerationWeights` of a pair that enumerated some sites, else ``None``."""
+        return getattr(self.sampler, "enumeration_weights", None)
 
     def elbo(self):
         """``sum log p - sum log q`` of this pair, summed over its particles (with its graph)."""
@@ -142,6 +148,11 @@ class Particles:
     def _pathwise_terms(self):
         elbos, surrogates = [], []
         for pair in self.pairs:
+            if pair.weights is not None:
+                elbo, surrogate = _weighted_pathwise_terms(pair)
+                elbos.append(elbo)
+                surrogates.append(surrogate)
+                continue
             model_sum = total([site["log_prob_sum"] for _, site in sample_sites(pair.model_trace)])
             guide_terms, entropy_terms = [], []
             for _, site in sample_sites(pair.guide_trace):
@@ -158,6 +169,8 @@ class Particles:
         per_pair = []
         for pair in self.pairs:
             sites = score_function_sites(pair.guide_trace)
+            if pair.weights is not None:  # enumerated sites get their gradient from their weights
+                sites = [(n, s) for n, s in sites if n not in pair.weights.dims]
             groups = pair.cost_terms(self.track_dependencies) if sites else None
             costs = site_costs(
                 pair.model_trace,
@@ -166,6 +179,7 @@ class Particles:
                 self.track_dependencies,
                 groups,
                 None if self.step is None else self.step.widened,
+                pair.weights,
             )
             per_pair.append([(name, site, costs[name]) for name, site in sites])
         if len(self.pairs) == 1:
@@ -177,6 +191,26 @@ class Particles:
             cost = torch.stack([entries[i][2] for entries in per_pair])
             result.append(ScoreSite(name, site, score, cost, -score.dim()))
         return result
+
+
+def _weighted_pathwise_terms(pair):
+    # (elbo, surrogate elbo) of a pair with enumerated sites: every term weighted by the guide probability of the
+    # configurations it depends on (EnumerationWeights). The weights carry the enumerated sites' gradient; a
+    # sampled site's own log-density enters the surrogate detached (its gradient is its estimator's) but weighted.
+    weights = pair.weights
+    model_sum = total([weights.weigh(site["log_prob"]).sum() for _, site in sample_sites(pair.model_trace)])
+    guide_terms, surrogate_terms = [], []
+    for name, site in sample_sites(pair.guide_trace):
+        log_prob = site["log_prob"]
+        guide_terms.append(weights.weigh(log_prob).sum())
+        entropy_term = site["score_parts"].entropy_term
+        if name in weights.dims:
+            surrogate_terms.append(guide_terms[-1])
+        elif torch.is_tensor(entropy_term):
+            surrogate_terms.append(weights.weigh(entropy_term).sum())
+        else:
+            surrogate_terms.append(weights.weigh(log_prob.detach()).sum())
+    return model_sum - total(guide_terms), model_sum - total(surrogate_terms)
 
 
 class Step:

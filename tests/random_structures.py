@@ -918,6 +918,52 @@ negative_control.objective = "elbo"
 
 
 # ----------------------------------------------------------------------
+# per-site mixes
+# ----------------------------------------------------------------------
+#: the per-site targets: ``"auto"`` (every discrete site annotated ``"auto"``, under leave-one-out) and
+#: ``"mix"`` (a method per site and an ELBO drawn at random from the seed)
+PER_SITE = ("auto", "mix")
+
+#: the methods a random mix draws from
+MIX_METHODS = ("score", "loo", "moving_average", "arsm", "arm", "expect")
+
+
+def per_site_target(structure, kind, seed=0):
+    """
+    ``(structure, factory)``: the structure with its guide annotated, and a
+    factory ``f(max_plate_nesting)`` of the ELBO that runs it, for ``kind`` in
+    :data:`PER_SITE`. A random mix draws each discrete site's method from
+    :data:`MIX_METHODS` (by the seed and the site's name) and the ELBO's own
+    from the same list; every ELBO has 4 particles.
+    """
+    from dataclasses import replace
+
+    from pyro_discrete import config_estimator
+    from pyro_discrete.registry import REGISTRY
+    from pyro_discrete.util import CONTINUOUS, site_kind
+
+    if kind == "auto":
+        guide, own = config_estimator(structure.guide, "auto"), "loo"
+    elif kind == "mix":
+
+        def config_fn(msg):
+            if msg["type"] != "sample" or msg["is_observed"] or site_kind(msg["fn"]) == CONTINUOUS:
+                return {}
+            return {"estimator": random.Random("{}:{}".format(seed, msg["name"])).choice(MIX_METHODS)}
+
+        guide, own = poutine.infer_config(structure.guide, config_fn), random.Random(seed).choice(MIX_METHODS)
+    else:
+        raise ValueError(kind)
+
+    def factory(max_plate_nesting):
+        return REGISTRY[own].make(num_particles=4, max_plate_nesting=max_plate_nesting)
+
+    factory.stateful = True  # a moving average may be among the methods: warm it up
+    factory.description = "{} under {}".format(kind, own)
+    return replace(structure, guide=guide), factory
+
+
+# ----------------------------------------------------------------------
 # the harness
 # ----------------------------------------------------------------------
 @dataclass

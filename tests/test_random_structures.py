@@ -17,6 +17,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from random_structures import (
     CLEAR,
+    PER_SITE,
     UNCLEAR,
     WORKS,
     WRONG,
@@ -27,6 +28,7 @@ from random_structures import (
     generate,
     init_params,
     negative_control,
+    per_site_target,
 )
 
 from pyro_discrete.registry import REGISTRY
@@ -52,6 +54,17 @@ def test_random_structure(estimator, seed):
     outcome = classify(structure, entry, references=_REFERENCES.setdefault(seed, {}))
     assert outcome.outcome in (WORKS, CLEAR), "{} on {}: {} (z {:.1f}) {}\n{}".format(
         estimator, structure.name, outcome.outcome, outcome.max_z, outcome.message, structure.describe()
+    )
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", PER_SITE)
+def test_random_structure_per_site(kind, seed):
+    # "auto" under leave-one-out, and a random mix of site methods under a random ELBO: right or a clear error
+    structure, factory = per_site_target(_structure(seed), kind, seed)
+    outcome = classify(structure, factory, references=_REFERENCES.setdefault(seed, {}))
+    assert outcome.outcome in (WORKS, CLEAR), "{} ({}) on {}: {} (z {:.1f}) {}\n{}".format(
+        kind, factory.description, structure.name, outcome.outcome, outcome.max_z, outcome.message, structure.describe()
     )
 
 
