@@ -70,6 +70,12 @@ def _enumerable(structure, broadcasts, name):
     if failures:
         _, plate, term, _ = failures[0]
         return "{} depends on it across plate '{}'".format(term, plate)
+    plates = {(plate, dim) for plate, dim, _ in s.frames}
+    for dependent in sorted(s.dependents):
+        other = structure.all_sites.get(dependent)
+        outside = plates - {(plate, dim) for plate, dim, _ in (other.frames if other is not None else ())}
+        if outside:
+            return "guide site '{}', outside plate '{}', depends on it".format(dependent, sorted(outside)[0][0])
     return None
 
 

@@ -147,7 +147,8 @@ class DiscreteELBO(Explanations, ELBO):
         self._compiled = CompileCache()
         self._warned_infer_keys = set()
         self._annotated_methods = {}  # registry name -> its method, for infer={"estimator": ...} (per_site)
-        self._per_site = {}  # (model, guide) -> the surrogate of their steps (the ELBO's, or a per-site mix)
+        self._per_site = {}  # (model, guide) -> the surrogate of their steps (the ELBO's, or a per-site mix), rows
+        self._pending_per_site = []  # per-site states of a checkpoint, loaded when their mix is made
         self._replay_checks = StructureChecks()
         self._structures = {}
         self._downstream_costs = {}
@@ -411,6 +412,7 @@ class DiscreteELBO(Explanations, ELBO):
         if cached is not None:
             return cached[0]
         surrogate, rows = surrogate_for(self, step.model, step.guide, step.args, step.kwargs)
+        self._load_pending_per_site(surrogate)
         if key is not None:
             self._per_site[key] = (surrogate, rows)
         return surrogate
@@ -523,6 +525,13 @@ class DiscreteELBO(Explanations, ELBO):
             "num_steps": self.num_steps,
             "surrogate": self.surrogate.state_dict(),
             "auxiliary": {name: module.state_dict() for name, module in self.surrogate.auxiliary_modules().items()},
+            # the methods of per-site mixes (infer={"estimator": ...}), one entry per mix, by its site -> method
+            "per_site": [
+                surrogate.group_state_dict()
+                for surrogate, _ in self._per_site.values()
+                if surrogate is not self.surrogate
+            ]
+            + list(self._pending_per_site),
         }
 
     def load_state_dict(self, state):
@@ -562,6 +571,19 @@ class DiscreteELBO(Explanations, ELBO):
                     requirement="state",
                 )
             modules[name].load_state_dict(module_state)
+        # loaded into each mix when it is made (on its model and guide's first step); a mix made already now
+        self._pending_per_site = list(state.get("per_site", []))
+        for surrogate, _ in self._per_site.values():
+            self._load_pending_per_site(surrogate)
+
+    def _load_pending_per_site(self, surrogate):
+        # a mix's methods' state, if a checkpoint holds one for the same site -> method assignment
+        if surrogate is self.surrogate:
+            return
+        for i, pending in enumerate(self._pending_per_site):
+            if pending["sites"] == surrogate.assignment():
+                surrogate.load_group_state_dict(self._pending_per_site.pop(i))
+                return
 
 
 _UNSEEN = object()

@@ -342,6 +342,31 @@ class PerSite(Surrogate):
         for surrogate, _ in self.groups.values():
             surrogate.after_step()
 
+    def assignment(self):
+        """``{site: method}`` of the annotated sites: what a state of this mix is a state of."""
+        return {name: method for method, (_, names) in self.groups.items() for name in sorted(names)}
+
+    def group_state_dict(self):
+        """The state of each annotated method (the ELBO's own is in the ELBO's state)."""
+        return {
+            "sites": self.assignment(),
+            "groups": {
+                method: {
+                    "surrogate": surrogate.state_dict(),
+                    "auxiliary": {n: m.state_dict() for n, m in surrogate.auxiliary_modules().items()},
+                }
+                for method, (surrogate, _) in self.groups.items()
+            },
+        }
+
+    def load_group_state_dict(self, state):
+        for method, group_state in state["groups"].items():
+            surrogate = self.groups[method][0]
+            surrogate.load_state_dict(group_state["surrogate"])
+            modules = surrogate.auxiliary_modules()
+            for name, module_state in group_state.get("auxiliary", {}).items():
+                modules[name].load_state_dict(module_state)
+
 
 class _PartlyEnumerated:
     """A sampler factory: :class:`~pyro_discrete.expect.PartlyEnumeratedSampler` for a :class:`PerSite` mix."""

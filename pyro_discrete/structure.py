@@ -374,15 +374,20 @@ def _probe(model, guide, args, kwargs, rng, raw, base, name, site):
     ):
         return result
     # one element at a time (a slice could change and restore a sum), the first and the last; a site outside
-    # every plate once, for the guide sites that depend on it
+    # every plate once, for the guide sites that depend on it. A .to_event site of several latents is probed
+    # with every latent of the element changed, and with its first latent only: changing them all can leave a
+    # sum over the event as it was (bits 1, 0 flipped to 0, 1)
+    latent_dims = event_dim - len(innermost_distribution(site["fn"]).event_shape)
+    latents = [()] + ([(0,) * latent_dims] if latent_dims > 0 else [])
     for last in (False, True) if frames else (False,):
         index = tuple((value.shape[d] - 1 if last else 0) for d in range(batch_dims))
-        new = value.clone()
-        new[index] = changed_value[index]
-        trace = raw.copy()
-        trace.nodes[name] = dict(site, value=new)
-        _, probed = _run(model, guide, args, kwargs, rng, trace)
-        _compare(result, base, probed, {dim: index[dim + batch_dims] for _, dim, _ in frames})
+        for latent in latents:
+            new = value.clone()
+            new[index + latent] = changed_value[index + latent]
+            trace = raw.copy()
+            trace.nodes[name] = dict(site, value=new)
+            _, probed = _run(model, guide, args, kwargs, rng, trace)
+            _compare(result, base, probed, {dim: index[dim + batch_dims] for _, dim, _ in frames})
     return result
 
 

@@ -318,3 +318,22 @@ def test_vimco_refuses_a_subsampled_plate_inside_one_bound():
     error = _error("vimco", structure)
     assert error.requirement == "subsampled_plate_holds_every_site" and error.sites == ("z",)
     assert error.alternatives and "vimco" not in error.alternatives
+
+
+def test_a_to_event_site_whose_flip_keeps_a_sum_is_still_found_outside_its_plate():
+    # flipping every latent of an element's event (1, 0 -> 0, 1) leaves z.sum() as it was: the analysis must
+    # also change one latent, or it misses the term outside the plate (then per-element estimators, exact
+    # enumeration and "auto" would take a structure they cannot)
+    from pyro_discrete.structure import analyze
+
+    def model():
+        with pyro.plate("a", 2):
+            z = pyro.sample("z", dist.Bernoulli(0.5).expand([2, 2]).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(), 1.0), obs=torch.tensor(0.0))
+
+    def guide():
+        with pyro.plate("a", 2):
+            pyro.sample("z", dist.Bernoulli(probs=torch.tensor([1.0, 0.0]).expand([2, 2])).to_event(1))
+
+    structure = analyze(model, guide)
+    assert ("a", -1) in structure.sites["z"].outside
