@@ -47,6 +47,8 @@ COMMAND_OVERRIDES = {
     "toys": "python examples/toys.py --draws 2000 --grid 2,4,16,64,256,1024",
     "concrete_shapes": "python examples/concrete_shapes.py",
     "air": "python examples/air.py --steps 5000 (and --elbo tracegraph)",
+    "random_structures_per_site": "python benchmarks/random_structures.py --seeds 0:300 --estimators auto,mix "
+    "--no-control --out benchmarks/results/random_structures_per_site",
     "compare_multisample/compare": "python benchmarks/compare_estimators.py --data mnist "
     "--data-dir ../shared/data/mnist --epochs 1 --checkpoints 2 --draws 50 --estimators loo,vimco,rebar,vargrad,expect "
     "--out benchmarks/results/compare_multisample",

@@ -44,7 +44,7 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.optim import Adam
 from torch import nn
 
-from pyro_discrete import ExpectELBO, TraceScoreELBO, registry
+from pyro_discrete import ExpectELBO, TraceScoreELBO, config_estimator, registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "..", "benchmarks", "results", "real_models")
@@ -218,9 +218,20 @@ def sbn_metrics(sbn, test_x):
 # ----------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------
+#: per-site mixes (``"mix"``): the site annotations, and the ELBO the other sites get
+MIXES = {
+    "gmm": ({"assignment": "expect"}, "loo"),  # the assignment summed exactly, as TraceEnum_ELBO does
+    "ssvae": ({"y": "expect"}, "moving_average"),  # the label summed, the code pathwise (one particle)
+    "sbn": ({"h2": "arsm"}, "loo"),  # DisARM for the top layer (nothing depends on it), leave-one-out for h1
+}
+
+#: the ELBO under which "auto" chooses (ssvae: one particle, as ExpectELBO and TraceEnum_ELBO run it)
+AUTO_UNDER = {"gmm": "loo", "ssvae": "moving_average", "sbn": "loo"}
+
+
 def estimators(model_name):
-    """Registry names, then Pyro's: what runs on each model."""
-    names = list(registry.REGISTRY)
+    """Registry names, then the per-site ones, then Pyro's: what runs on each model."""
+    names = list(registry.REGISTRY) + ["auto", "mix"]
     if model_name == "gmm":
         return names + ["enum"]
     if model_name == "sbn":
@@ -228,13 +239,29 @@ def estimators(model_name):
     return names + ["enum"]
 
 
+def annotate(name, model_name, guide):
+    """The guide as the estimator ``name`` runs it: annotated per site for ``"auto"`` and ``"mix"``."""
+    if name == "auto":
+        return config_estimator(guide, "auto")
+    if name == "mix":
+        return config_estimator(guide, MIXES[model_name][0])
+    return guide
+
+
 def make_elbo(name, model_name):
     if name == "enum":
         return TraceEnum_ELBO(max_plate_nesting=1)
     if name == "tracegraph":
         return TraceGraph_ELBO()
-    entry = registry.REGISTRY[name]
-    options = {}
+    if name in ("auto", "mix"):
+        name = AUTO_UNDER[model_name] if name == "auto" else MIXES[model_name][1]
+        particles = {"num_particles": 1} if name == "moving_average" else {}
+        return make_elbo_entry(registry.REGISTRY[name], model_name, particles)
+    return make_elbo_entry(registry.REGISTRY[name], model_name)
+
+
+def make_elbo_entry(entry, model_name, options=None):
+    options = dict(options or {})
     if model_name == "gmm" and entry.cost == "particles" and entry.particles > 1:
         options["vectorize_particles"] = False  # the tutorial's model indexes with the assignment
     return entry.make(**options)
@@ -250,6 +277,7 @@ def train(model_name, name, steps, seed=0, lr=None, progress=None):
         elbo = make_elbo(name, model_name)
         if model_name == "gmm":
             model, guide, global_guide = make_gmm()
+            guide = annotate(name, model_name, guide)
             if name == "enum":  # Pyro's way: the assignment summed in the model, the globals MAP
                 model, guide = config_enumerate(gmm_model, "parallel"), global_guide
             svi = SVI(model, guide, Adam({"lr": lr or 0.1, "betas": (0.8, 0.99)}), loss=elbo)
@@ -257,7 +285,7 @@ def train(model_name, name, steps, seed=0, lr=None, progress=None):
         elif model_name == "ssvae":
             train_x, train_y, test_x, test_y = load_digits_binary(seed)
             vae = SSVAE()
-            model, guide = vae.model, vae.guide
+            model, guide = vae.model, annotate(name, model_name, vae.guide)
             if name == "enum":
                 model, guide = vae.model, config_enumerate(vae.guide, "parallel")
             svi = SVI(model, guide, Adam({"lr": lr or 3e-3}), loss=elbo)
@@ -272,9 +300,12 @@ def train(model_name, name, steps, seed=0, lr=None, progress=None):
         else:
             train_x, _, test_x, _ = load_digits_binary(seed)
             sbn = SBNWithBaselines() if name == "tracegraph" else SBN()
-            model, guide = sbn.model, sbn.guide
+            model, guide = sbn.model, annotate(name, model_name, sbn.guide)
             svi = SVI(model, guide, Adam({"lr": lr or 3e-3}), loss=elbo)
             batches = [(x,) for x in train_x.split(50)]
+        first = batches[0] if model_name != "ssvae" else batches[0][0]
+        if name != "tracegraph":
+            row.update(gradient_variance(elbo, model, guide, first))
         start = time.time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -285,6 +316,8 @@ def train(model_name, name, steps, seed=0, lr=None, progress=None):
                 if progress is not None:
                     progress(step)
         row["seconds"] = time.time() - start
+        if hasattr(elbo, "num_evaluations"):
+            row["evaluations per step"] = float(elbo.num_evaluations)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if model_name == "gmm":
@@ -299,6 +332,25 @@ def train(model_name, name, steps, seed=0, lr=None, progress=None):
     except (ValueError, NotImplementedError) as e:
         row["refused"] = str(e).split("\n")[0]
     return row
+
+
+def gradient_variance(elbo, model, guide, args, draws=30):
+    """
+    The variance of one step's gradient at the initial parameters, summed over
+    the guide's and model's parameters (``draws`` draws), before training.
+    """
+    grads = []
+    state = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(draws):
+            pyro.set_rng_seed(10_000 + i)
+            loss = elbo.differentiable_loss(model, guide, *args)
+            params = [p.unconstrained() for _, p in sorted(pyro.get_param_store().items())]
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+            grads.append(torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, gs)]))
+    torch.set_rng_state(state)
+    return {"gradient variance at init": torch.stack(grads).var(0).sum().item()}
 
 
 def write_table(rows, out):

@@ -129,7 +129,13 @@ def choose(elbo, structure, broadcasts=True, names=None, budget=AUTO_ENUMERATION
         if name in choices:
             continue
         s = structure.sites[name]
-        replayable = not s.dependents and not structure.not_per_element([name])
+        # DisARM replays the model at the pseudo-actions along a dim left of the plates (and of the particles)
+        replayable = (
+            broadcasts
+            and not s.dependents
+            and not structure.not_per_element([name])
+            and not structure.mixed_particles([name])
+        )
         if s.kind == BERNOULLI and replayable and not enumerated and own != "enumeration":
             choices[name] = SiteChoice(
                 name, "arsm", "DisARM: a Bernoulli site no guide site depends on; half leave-one-out's variance"

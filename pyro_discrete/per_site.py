@@ -427,6 +427,8 @@ def _choose(elbo, model, guide, args, kwargs, names):
     try:
         with preserved_rng():
             depth = count_plate_dims(model, guide, args, kwargs)
+            if elbo.vectorize_particles and elbo.num_particles > 1:
+                depth += 1  # enumerated dims go left of the particles' dim: the model must broadcast there
             if elbo.max_plate_nesting != float("inf"):
                 depth = max(depth, elbo.max_plate_nesting)
             structure, broadcasts = analyze_left_of_plates(model, guide, args, kwargs, -depth - 1)

@@ -108,7 +108,10 @@ class Replay:
                 cost = cost_to_frames(groups, replayed.nodes[name], widened=self.step.widened(name))
                 if cost is None:
                     cost = torch.zeros(padded, dtype=alternatives[name].dtype, device=alternatives[name].device)
-                cost = broadcast_cost(detach_provenance(cost), padded).reshape((total_rows,) + batch_shape)
+                try:  # a model that moved the replayed dim (x.T on a batch) leaves terms of another shape
+                    cost = broadcast_cost(detach_provenance(cost), padded).reshape((total_rows,) + batch_shape)
+                except RuntimeError as e:
+                    self._raise_broadcast_error(e, total_rows, names, num_dims)
                 costs[name] = cost[offsets[name] : offsets[name] + num_rows[name]]
         self.step.evaluations += total_rows * pair.num_particles
         return costs

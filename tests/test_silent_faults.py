@@ -337,3 +337,22 @@ def test_a_to_event_site_whose_flip_keeps_a_sum_is_still_found_outside_its_plate
 
     structure = analyze(model, guide)
     assert ("a", -1) in structure.sites["z"].outside
+
+
+def test_a_replay_whose_model_moves_the_replayed_dim_is_a_named_error():
+    # before: ARSM with several particles raised a raw RuntimeError from reshaping the replayed costs
+    def model():
+        z = pyro.sample("z", dist.Bernoulli(0.5))
+        pyro.sample(
+            "c",
+            dist.Categorical(logits=torch.stack([z, 1 - z, z * 0]).permute(*range(z.dim(), -1, -1))),
+            obs=torch.tensor(1),
+        )
+
+    def guide():
+        pyro.sample("z", dist.Bernoulli(logits=pyro.param("q", torch.tensor(0.0))))
+
+    pyro.clear_param_store()
+    with pytest.raises(EstimatorError) as info:
+        REGISTRY["arsm"].make(num_particles=4).differentiable_loss(model, guide)
+    assert info.value.sites == ("z",) and info.value.alternatives

@@ -198,6 +198,47 @@ def test_structure(estimator, structure_name):
 
 
 # ----------------------------------------------------------------------
+# per-site: "auto" and a fixed mix
+# ----------------------------------------------------------------------
+def per_site_outcome(structure, spec, vectorize=True, num_particles=4):
+    """
+    ``(outcome, detail)`` of the structure's guide annotated with ``spec``
+    under leave-one-out (under the moving average with one particle).
+    """
+    from dataclasses import replace
+
+    from pyro_discrete import config_estimator
+
+    annotated = replace(structure, guide=config_estimator(structure.guide, spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        name = "loo" if num_particles > 1 else "moving_average"
+        return run(annotated, lambda: REGISTRY[name].make(vectorize_particles=vectorize, num_particles=num_particles))
+
+
+def _taken_by_some_estimator(structure):
+    # (how, particles): vectorized by one of them (with several particles if one does), or only looped (a
+    # structure that mixes vectorized particles)
+    taking = [entry for entry in REGISTRY.values() if predict(structure, entry)[0] == PASS]
+    if taking:
+        return "vectorized", max(entry.particles for entry in taking)
+    if any(predict(structure, entry)[0] == MIXES for entry in REGISTRY.values()):
+        return "looped", 4
+    return None, None
+
+
+@pytest.mark.parametrize("structure_name", list(STRUCTURES))
+def test_auto_runs_every_structure_that_some_single_estimator_runs(structure_name):
+    structure = STRUCTURES[structure_name]
+    taken, particles = _taken_by_some_estimator(structure)
+    if taken is None:
+        pytest.skip("no single estimator takes it")
+    outcome, detail = per_site_outcome(structure, "auto", vectorize=taken == "vectorized", num_particles=particles)
+    assert outcome == PASS, detail
+    _check_agreement(REGISTRY["loo"], detail)
+
+
+# ----------------------------------------------------------------------
 # the bias check on a subset
 # ----------------------------------------------------------------------
 BIAS_SUBSET = [
