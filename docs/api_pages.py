@@ -17,6 +17,9 @@ from rst import _write, heading
 #: module order on the API page: the public modules first, then the estimator families, then the rest
 PUBLIC_MODULES = [
     "registry",
+    "per_site",
+    "auto",
+    "broadcast",
     "diagnostics",
     "likelihood",
     "statistics",

@@ -27,6 +27,7 @@ INCLUDED_RESULTS = [
     "compare/compare",
     "structures",
     "random_structures",
+    "random_structures_per_site",
     "arsm_step",
     "grid_summary",
     "examples/tutorial_mnist",

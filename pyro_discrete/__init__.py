@@ -13,6 +13,7 @@ model/guide pair::
 from . import diagnostics, registry
 from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
+from .broadcast import broadcastable
 from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
 from .indecater import IndeCateRELBO
@@ -47,6 +48,7 @@ __all__ = [
     "UnorderedSetELBO",
     "VIMCOELBO",
     "VarGradELBO",
+    "broadcastable",
     "config_estimator",
     "diagnostics",
     "exponential_decay",

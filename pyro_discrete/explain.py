@@ -12,6 +12,7 @@ import pyro
 import torch
 from pyro.util import check_site_shape
 
+from .broadcast import failing_module
 from .errors import EstimatorError
 from .samplers import IIDSampler
 from .structure import analyze, analyze_left_of_plates
@@ -62,6 +63,7 @@ class Explanations:
         from .registry import alternatives, entry_of
 
         where, sites = self._failing_site(step, sampler)
+        module = failing_module(error)
         try:
             structure = analyze(step.model, step.guide, step.args, step.kwargs)
         except Exception:  # noqa: BLE001
@@ -79,12 +81,14 @@ class Explanations:
         raise EstimatorError(
             self,
             "the model or guide does not broadcast over the vectorized particles "
-            "(plate 'num_particles_vectorized' of size {} at dim {}){}; with one particle it runs. "
+            "(plate 'num_particles_vectorized' of size {} at dim {}){}{}; with one particle it runs. "
             "Make it broadcast over batch dims left of its plates (e.g. Vindex(x)[..., z] instead of "
-            "x[z], networks that accept extra leading dims), or {}. The error was: {}: {}".format(
+            "x[z]; a network that takes one batch dim: pyro_discrete.broadcastable(module) folds the extra "
+            "dims into it), or {}. The error was: {}: {}".format(
                 self.num_particles,
                 -self.max_plate_nesting,
                 where,
+                "" if module is None else ", in a {} module".format(module),
                 fix,
                 type(error).__name__,
                 error,

@@ -40,7 +40,7 @@ __all__ = [
 #: the ``infer`` key of a guide site that names its estimator
 ESTIMATOR_KEY = "estimator"
 
-#: the annotation that lets the package choose a site's method from its structure (:func:`choose`)
+#: the annotation that lets the package choose a site's method from its structure (:func:`~pyro_discrete.auto.choose`)
 AUTO = "auto"
 
 
@@ -65,7 +65,7 @@ def config_estimator(guide=None, spec=None):
     :param spec: a registry name (or ELBO) for every discrete site, or a dict
         ``site name -> registry name`` (sites not in it are left unannotated);
         ``"auto"`` (for every site, or as a dict's value) lets the ELBO choose
-        each site's method from the model's structure (:func:`choose`).
+        each site's method from the model's structure (:func:`~pyro_discrete.auto.choose`).
     :returns: the annotated guide.
     """
     if guide is None:
