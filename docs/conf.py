@@ -32,6 +32,10 @@ copyright = "the pyro_discrete authors"
 release = version = pyro_discrete.__version__
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.mathjax", "sphinx.ext.viewcode"]
+#: the math renderer is bundled (MathJax 4.1.0, SVG output with its font, Apache-2.0: _static/mathjax/LICENSE),
+#: so that the pages render their math without a network; the menu (which loads speech tools) is off
+mathjax_path = "mathjax/tex-svg.js"
+mathjax3_config = {"options": {"enableMenu": False}}
 
 html_theme = "furo"
 html_title = "pyro_discrete {}".format(release)

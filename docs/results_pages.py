@@ -35,6 +35,7 @@ INCLUDED_RESULTS = [
     "examples/toys",
     "examples/concrete_shapes",
     "examples/air",
+    "air_vectorized",
 ]
 
 #: exact commands for results that a script's generic usage lines do not pin down (by path under results, or stem)

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_discrete import broadcastable
+
 GLIMPSE = 8
 
 
@@ -95,13 +97,21 @@ class AIR(nn.Module):
     :param float beta: the decaying average's ``baseline_beta``.
     """
 
-    def __init__(self, canvas=20, steps=3, what=4, hidden=32, beta=0.9, prior_presence=0.5):
+    def __init__(self, canvas=20, steps=3, what=4, hidden=32, beta=0.9, prior_presence=0.5, cell="linear"):
         super().__init__()
         self.canvas, self.steps, self.what, self.hidden, self.beta = canvas, steps, what, hidden, beta
         self.prior_presence = prior_presence
         pixels = canvas * canvas
         self.decoder = nn.Sequential(nn.Linear(what, 64), nn.ReLU(), nn.Linear(64, GLIMPSE * GLIMPSE))
-        self.rnn = nn.Linear(pixels + 3 + what + hidden, hidden)
+        #: the guide's recurrent cell: "linear" (a tanh layer, broadcasts over leading dims), "lstm" (Pyro's
+        #: AIR uses an LSTM cell, which takes one batch dim: vectorized particles fail), "lstm-broadcastable"
+        #: (the same cell wrapped by pyro_discrete.broadcastable)
+        self.cell = cell
+        if cell == "linear":
+            self.rnn = nn.Linear(pixels + 3 + what + hidden, hidden)
+        else:
+            lstm = nn.LSTMCell(pixels + 3 + what, hidden)
+            self.rnn = broadcastable(lstm) if cell == "lstm-broadcastable" else lstm
         self.pres = nn.Linear(hidden, 1)
         self.where = nn.Linear(hidden, 6)
         self.what_net = nn.Linear(hidden, 2 * what)
@@ -131,25 +141,18 @@ class AIR(nn.Module):
         pyro.module("air_baseline", self.baseline)
         with pyro.plate("data", data.shape[0]):
             state = data.new_zeros(data.shape[:1] + (self.hidden,))
+            memory = state  # the LSTM cell's c
             z_where = data.new_zeros(data.shape[:1] + (3,))
             z_what = data.new_zeros(data.shape[:1] + (self.what,))
             present = data.new_ones(data.shape[:1])
             for t in range(self.steps):
                 lead = torch.broadcast_shapes(state.shape[:-1], z_where.shape[:-1], present.shape)
                 image = data.expand(lead + data.shape[-1:])
-                state = torch.tanh(
-                    self.rnn(
-                        torch.cat(
-                            [
-                                image,
-                                z_where.expand(lead + (3,)),
-                                z_what.expand(lead + (self.what,)),
-                                state.expand(lead + (self.hidden,)),
-                            ],
-                            -1,
-                        )
-                    )
-                )
+                inputs = [image, z_where.expand(lead + (3,)), z_what.expand(lead + (self.what,))]
+                if self.cell == "linear":
+                    state = torch.tanh(self.rnn(torch.cat(inputs + [state.expand(lead + (self.hidden,))], -1)))
+                else:
+                    state, memory = self.rnn(torch.cat(inputs, -1), (state, memory))
                 probs = torch.sigmoid(self.pres(state)).squeeze(-1) * present
                 # AIR's baseline: a network of the image and the (detached) recurrent state, passed as a value
                 value = self.baseline(torch.cat([image, state.detach()], -1)).squeeze(-1)

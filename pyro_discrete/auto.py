@@ -96,11 +96,7 @@ def choose(elbo, structure, broadcasts=True, names=None, budget=AUTO_ENUMERATION
     own = _family(elbo.surrogate)
     own_label = _label(elbo)
     sampled = "loo" if elbo.num_particles >= 2 else "moving_average"
-    sampled_why = (
-        "leave-one-out: unbiased on every structure, the lowest variance measured for categorical sites"
-        if sampled == "loo"
-        else "one particle: a moving-average baseline (leave-one-out needs two)"
-    )
+    sampled_why = "leave-one-out" if sampled == "loo" else "a moving average (one particle; leave-one-out needs two)"
     if names is None:
         names = list(structure.sites) if structure is not None else []
     if own is None:
@@ -109,39 +105,49 @@ def choose(elbo, structure, broadcasts=True, names=None, budget=AUTO_ENUMERATION
         )
         return {name: SiteChoice(name, own_label, why) for name in names}
     if structure is None:
-        why = "the structure could not be analyzed: " + sampled_why
+        why = "{}: the structure could not be analyzed".format(sampled_why)
         return {name: SiteChoice(name, sampled, why) for name in names}
-    choices = {}
+    choices, not_enumerated = {}, {}
     product = 1
-    if own != "pseudo_action":
-        for name in names:
-            reason = _enumerable(structure, broadcasts, name)
-            support = structure.sites[name].support
-            if reason is None and product * support > budget:
-                reason = "enumerating it too would make {} joint values, over {}".format(product * support, budget)
-            if reason is None:
-                product *= support
-                choices[name] = SiteChoice(
-                    name, "expect", "exact enumeration: {} values per element, no variance".format(support)
-                )
+    for name in names:
+        reason = "ARSM/ARM do not mix with enumeration" if own == "pseudo_action" else None
+        reason = reason or _enumerable(structure, broadcasts, name)
+        support = structure.sites[name].support
+        if reason is None and product * support > budget:
+            reason = "{} joint values{}, over {}".format(
+                product * support, " with the sites enumerated before it" if product > 1 else "", budget
+            )
+        if reason is None:
+            product *= support
+            choices[name] = SiteChoice(
+                name, "expect", "exact enumeration: {} values per element, no variance".format(support)
+            )
+        else:
+            not_enumerated[name] = reason
     enumerated = bool(choices)
     for name in names:
         if name in choices:
             continue
         s = structure.sites[name]
         # DisARM replays the model at the pseudo-actions along a dim left of the plates (and of the particles)
-        replayable = (
-            broadcasts
-            and not s.dependents
-            and not structure.not_per_element([name])
-            and not structure.mixed_particles([name])
-        )
-        if s.kind == BERNOULLI and replayable and not enumerated and own != "enumeration":
+        not_replayable = None
+        if s.kind != BERNOULLI:
+            not_replayable = "the lowest variance measured for categorical sites"
+        elif s.dependents:
+            not_replayable = "guide site{} {} depend{} on it".format(
+                "s" if len(s.dependents) > 1 else "",
+                ", ".join("'{}'".format(n) for n in sorted(s.dependents)),
+                "" if len(s.dependents) > 1 else "s",
+            )
+        elif not broadcasts or structure.not_per_element([name]) or structure.mixed_particles([name]):
+            not_replayable = "it cannot be replayed one plate element at a time"
+        elif enumerated or own == "enumeration":
+            not_replayable = "DisARM does not mix with enumerated sites"
+        if not_replayable is None:
             choices[name] = SiteChoice(
                 name, "arsm", "DisARM: a Bernoulli site no guide site depends on; half leave-one-out's variance"
             )
-        elif s.kind == BERNOULLI and replayable and enumerated:
-            choices[name] = SiteChoice(name, sampled, sampled_why + " (DisARM does not mix with enumerated sites)")
         else:
-            choices[name] = SiteChoice(name, sampled, sampled_why)
+            why = "{}: {}; not enumerated: {}".format(sampled_why, not_replayable, not_enumerated[name])
+            choices[name] = SiteChoice(name, sampled, why)
     return {name: choices[name] for name in names}

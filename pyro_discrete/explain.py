@@ -88,7 +88,7 @@ class Explanations:
                 self.num_particles,
                 -self.max_plate_nesting,
                 where,
-                "" if module is None else ", in a {} module".format(module),
+                "" if module is None else ", in module {}".format(module),
                 fix,
                 type(error).__name__,
                 error,

@@ -227,3 +227,15 @@ def test_readme_links_resolve():
     assert local, "the README links to no documentation page"
     missing = [link for link in local if not os.path.exists(os.path.join(ROOT, link))]
     assert not missing, "README links to missing files: {}".format(missing)
+
+
+def test_the_math_renderer_is_bundled():
+    # the pages render their math offline: MathJax is a file of the docs' static path, not a CDN address
+    sys.path.insert(0, DOCS)
+    try:
+        import conf
+    finally:
+        sys.path.remove(DOCS)
+    assert "//" not in conf.mathjax_path
+    assert os.path.getsize(os.path.join(DOCS, "_static", conf.mathjax_path)) > 500_000
+    assert os.path.exists(os.path.join(DOCS, "_static", "mathjax", "LICENSE"))
