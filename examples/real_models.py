@@ -237,7 +237,7 @@ AUTO_UNDER = {"gmm": "loo", "ssvae": "moving_average", "sbn": "loo"}
 
 #: particles of the per-site runs, for the model evaluations per step of leave-one-out's 4 (an enumerated
 #: two-way assignment, DisARM's pair) or, on ssvae, of ExpectELBO's 10 (the enumerated label)
-PER_SITE_PARTICLES = {("gmm", "mix"): 2, ("sbn", "auto"): 2, ("sbn", "mix"): 2, ("ssvae", "auto"): 1}
+PER_SITE_PARTICLES = {("gmm", "mix"): 2, ("sbn", "mix"): 2, ("ssvae", "auto"): 1}
 PER_SITE_PARTICLES[("ssvae", "mix")] = 1
 
 
