@@ -18,6 +18,7 @@ from rst import _write, heading
 PUBLIC_MODULES = [
     "registry",
     "per_site",
+    "mix",
     "auto",
     "broadcast",
     "diagnostics",

@@ -403,7 +403,7 @@ class DiscreteELBO(Explanations, ELBO):
 
     def _per_site_surrogate(self, step):
         """
-        The ELBO's surrogate, or a :class:`~pyro_discrete.per_site.PerSite` mix
+        The ELBO's surrogate, or a :class:`~pyro_discrete.mix.PerSite` mix
         when the guide's sites carry ``infer={"estimator": ...}`` annotations of
         other methods (read from one run of the guide, once per guide).
         """

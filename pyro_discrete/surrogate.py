@@ -228,7 +228,7 @@ class Step:
         self.track_dependencies = bool(elbo.track_dependencies)
         #: the :class:`~pyro_discrete.structure.Structure` of the model and guide (``None`` if not analyzed)
         self.structure = None
-        #: the surrogate of this step: the ELBO's, or a per-site mix (:class:`~pyro_discrete.per_site.PerSite`)
+        #: the surrogate of this step: the ELBO's, or a per-site mix (:class:`~pyro_discrete.mix.PerSite`)
         self.surrogate = elbo.surrogate
         #: the sampler class of this step's gradient draws (``None``: the ELBO's)
         self.sampler = None
