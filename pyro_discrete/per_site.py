@@ -97,7 +97,8 @@ def _method_of(elbo, spec):
     if isinstance(spec, str) and spec in REGISTRY:
         methods = elbo._annotated_methods  # the registry's methods, made once per ELBO
         if spec not in methods:
-            methods[spec] = REGISTRY[spec].make().method()
+            with preserved_rng():  # an ELBO with a network (RODEO's) draws its initial weights
+                methods[spec] = REGISTRY[spec].make().method()
         return spec, methods[spec]
     return None, None
 
@@ -158,9 +159,11 @@ def resolve(elbo, annotated):
         if method == own:
             continue
         if isinstance(spec, DiscreteELBO):
-            made = type(spec)(num_particles=elbo.num_particles, **_options_of(spec))
+            with preserved_rng():
+                made = type(spec)(num_particles=elbo.num_particles, **_options_of(spec))
         else:
-            made = REGISTRY[spec].make(num_particles=elbo.num_particles)
+            with preserved_rng():
+                made = REGISTRY[spec].make(num_particles=elbo.num_particles)
         others[name] = (label, method, made.surrogate)
     if not others:
         return others
