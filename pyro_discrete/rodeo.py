@@ -59,11 +59,34 @@ class SteinControlVariates(Surrogate):
 
     site_kinds = frozenset([BERNOULLI, CONTINUOUS])
 
-    def __init__(self, variant="rodeo", hidden=100, name="rodeo_control"):
+    def __init__(self, variant="rodeo", hidden=100, name="rodeo_control", max_pair_bytes=2**31):
         if variant not in ("rodeo", "double_cv"):
             raise ValueError("RODEOELBO: variant must be 'rodeo' or 'double_cv', got {!r}".format(variant))
         self.variant = variant
+        self.hidden = hidden
+        self.max_pair_bytes = max_pair_bytes
         self.auxiliary = Auxiliary(name, ControlNetwork(hidden))
+
+    def _check_pair_memory(self, elbo, name, f, x):
+        # RODEO evaluates its network at every ordered pair of particles (h_j averages H over the other K - 1
+        # samples, and H is not linear): activations of K * K * elements * (1 + D) * hidden numbers, kept for
+        # the backward pass. Refuse before allocating what would not fit, rather than let the process be killed.
+        K = f.shape[0]
+        numbers = K * K * f.shape[1] * (1 + x.shape[-1]) * (4 * self.hidden + 8)  # measured: 2.0 GB at K = 800
+        needed = numbers * f.element_size()
+        if needed > self.max_pair_bytes:
+            raise EstimatorError(
+                elbo,
+                "RODEO's control variates evaluate a network of width {} at every pair of the {} particles for "
+                "guide site '{}' ({} elements of {} bits): about {:.1f} GB, growing as the square of the particle "
+                "count, over max_pair_bytes={:.1f} GB. Use fewer particles, variant='double_cv' (linear in the "
+                "particles), or leave-one-out (TraceScoreELBO), or raise max_pair_bytes if memory allows.".format(
+                    self.hidden, K, name, f.shape[1], x.shape[-1], needed / 1e9, self.max_pair_bytes / 1e9
+                ),
+                sites=(name,),
+                requirement="memory",
+                alternatives=("double_cv", "loo"),
+            )
 
     def method(self):
         return "{}({})".format(type(self).__name__, self.variant)
@@ -118,13 +141,13 @@ class SteinControlVariates(Surrogate):
                 grad_f = torch.zeros_like(x)
             logits = site_logits(fn)
             g, estimate = self._logit_gradient(
-                network, f.detach(), x.detach(), grad_f.detach(), logits.detach(), particles
+                network, f.detach(), x.detach(), grad_f.detach(), logits.detach(), particles, name, step.elbo
             )
             surrogate = surrogate + (g.detach() * logits).sum() / particles.num_particles
             objective = objective + estimate.pow(2).mean()  # the variance of the estimate, up to a constant
         return surrogate + self.auxiliary.term(objective)
 
-    def _logit_gradient(self, network, f, x, grad_f, logits, particles):
+    def _logit_gradient(self, network, f, x, grad_f, logits, particles, name=None, elbo=None):
         """
         ``(g, estimate)``: the per-particle terms of the logit-gradient estimate, shaped like ``logits``, and
         the estimate (their mean over particles), ``(elements, D)``.
@@ -143,6 +166,8 @@ class SteinControlVariates(Surrogate):
         flip = 1 - 2 * x  # the change of each bit when flipped
         weight = torch.where(x > 0.5, 1 - theta, theta) / x.shape[-1]  # q of the flipped value, / D
         alpha, beta = network.alpha, network.beta
+        if self.variant == "rodeo" and elbo is not None:
+            self._check_pair_memory(elbo, name, f, x)
         if self.variant == "double_cv":
             g = self._double_cv(f, grad_f, x, theta, score, K, alpha)
         else:
@@ -224,6 +249,12 @@ class RODEOELBO(DiscreteELBO):
     :param int num_particles: ``K >= 2``, vectorized.
     :param str variant: ``"rodeo"`` or ``"double_cv"``.
     :param int hidden: width of :math:`H_\phi`.
+    :param int max_pair_bytes: RODEO evaluates :math:`H_\phi` at every pair of
+        particles, so its memory grows as ``K**2``; a step that would hold more
+        than this many bytes of those activations (about
+        ``K**2 * elements * (1 + D) * (4 * hidden + 8)`` numbers) is an
+        :class:`~pyro_discrete.errors.EstimatorError` before anything is
+        allocated (default 2 GiB). ``double_cv`` is linear in ``K``.
 
     **References**
 
@@ -234,11 +265,13 @@ class RODEOELBO(DiscreteELBO):
     Variable Models`, Michalis K. Titsias, Jiaxin Shi (AISTATS 2022)
     """
 
-    def __init__(self, num_particles=2, variant="rodeo", hidden=100, name="rodeo_control", **kwargs):
+    def __init__(
+        self, num_particles=2, variant="rodeo", hidden=100, name="rodeo_control", max_pair_bytes=2**31, **kwargs
+    ):
         super().__init__(
             num_particles=num_particles,
             sampler=DifferentiableSamples,
             loss_sampler=IIDSampler,
-            surrogate=SteinControlVariates(variant, hidden, name),
+            surrogate=SteinControlVariates(variant, hidden, name, max_pair_bytes),
             **kwargs,
         )
