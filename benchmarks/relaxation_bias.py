@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """
 The bias of the relaxation family -- Concrete, straight-through Gumbel-softmax,
-ReinMax, Gumbel-Rao -- against the exact gradient (ExpectELBO), on small
+ReinMax, Gumbel-Rao, gapped straight-through -- against the exact gradient (ExpectELBO), on small
 models whose support can be enumerated, over temperatures. Per variant and
 temperature: the relative bias :math:`\\|E[\\hat g] - g\\| / \\|g\\|` of the
 guide's and of the model's parameters (with its standard error from the
@@ -39,12 +39,14 @@ VARIANTS = {
     "gumbel-rao (K=10)": lambda t: RelaxedConcreteELBO(
         num_particles=4, temperature=t, straight_through="gumbel_rao", num_rao_samples=10
     ),
+    "gst (gap 1)": lambda t: RelaxedConcreteELBO(num_particles=4, temperature=t, straight_through="gapped", gap=1.0),
 }
 TEMPERATURES = {
     "concrete": (0.1, 0.5, 1.0),
     "straight-through": (0.1, 0.5, 1.0),
     "reinmax": (1.0, 1.3, 2.0),
     "gumbel-rao (K=10)": (0.1, 0.5, 1.0),
+    "gst (gap 1)": (0.1, 0.5, 1.0),
 }
 
 

@@ -29,6 +29,7 @@ WHEN = {
     "st-concrete": "The model needs hard values and a biased pathwise gradient is acceptable.",
     "reinmax": "Straight-through with exact discrete samples and a second-order correction; biased.",
     "gumbel_rao": "Straight-through Gumbel-softmax with its variance reduced by conditional draws; biased.",
+    "gst": "Gumbel-Rao's low-variance straight-through gradient without its conditional draws; biased.",
     "unordered": "One discrete site with a small or peaked joint support: distinct samples, exact when they "
     "cover it (no gain over leave-one-out on a 20 x 10 site).",
     "sum_and_sample": "One discrete site whose guide puts most of its mass on a few values.",

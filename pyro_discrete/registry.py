@@ -443,6 +443,17 @@ def _register_builtins():
     )
     _register(
         Estimator(
+            "gst",
+            RelaxedConcreteELBO,
+            {"temperature": 0.5, "straight_through": "gapped", "gap": 1.0},
+            unbiased=False,
+            evaluations=_same,
+            for_evaluations=_particles,
+            summary="gapped straight-through (GST): a fixed perturbation in place of Gumbel-Rao's draws (biased)",
+        )
+    )
+    _register(
+        Estimator(
             "unordered",
             UnorderedSetELBO,
             particles=4,

@@ -223,12 +223,15 @@ class RelaxedConcreteELBO(DiscreteELBO):
     :param straight_through: ``True``: hand the model the hard values (of the
         relaxed sample), gradients through the relaxation [2];
         ``"reinmax"``: ReinMax [3]; ``"gumbel_rao"``: Gumbel-Rao [4] with
-        ``num_rao_samples`` conditional draws. The last two hand the model the
+        ``num_rao_samples`` conditional draws; ``"gapped"``: the gapped
+        straight-through estimator [5] with gap ``gap``. The last three hand the model the
         exact discrete sample and score it with the discrete log-densities
         (so the value of every loss method is the discrete ``-ELBO``), see
         :mod:`~pyro_discrete.straight_through`; ReinMax is meant for
         ``temperature >= 1``.
     :param int num_rao_samples: ``K`` of Gumbel-Rao.
+    :param float gap: :math:`\kappa` of GST, the margin by which the sampled
+        category's perturbed logit exceeds the others (its authors' default, 1).
 
     **References**
 
@@ -243,6 +246,10 @@ class RelaxedConcreteELBO(DiscreteELBO):
 
     [4] `Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
     Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
+
+    [5] `Training Discrete Deep Generative Models via Gapped Straight-Through
+    Estimator`, Ting-Han Fan, Ta-Chung Chi, Alexander I. Rudnicky, Peter J.
+    Ramadge (ICML 2022)
     """
 
     def __init__(
@@ -252,20 +259,26 @@ class RelaxedConcreteELBO(DiscreteELBO):
         prior_temperature=None,
         straight_through=False,
         num_rao_samples=10,
+        gap=1.0,
         **kwargs,
     ):
-        if straight_through not in (False, True, "reinmax", "gumbel_rao"):
+        if straight_through not in (False, True, "reinmax", "gumbel_rao", "gapped"):
             raise EstimatorError(
                 self,
-                "straight_through must be False, True, 'reinmax' or 'gumbel_rao', got {!r}".format(straight_through),
+                "straight_through must be False, True, 'reinmax', 'gumbel_rao' or 'gapped', got {!r}".format(
+                    straight_through
+                ),
             )
+        if not gap >= 0:
+            raise EstimatorError(self, "gap must be a non-negative number, got {!r}".format(gap))
         if not isinstance(num_rao_samples, int) or num_rao_samples < 1:
             raise EstimatorError(self, "num_rao_samples must be a positive integer")
         self.temperature = temperature
         self.prior_temperature = prior_temperature
         self.straight_through = straight_through
         self.num_rao_samples = num_rao_samples
-        if straight_through in ("reinmax", "gumbel_rao"):
+        self.gap = float(gap)
+        if straight_through in ("reinmax", "gumbel_rao", "gapped"):
             # the exact sample, scored by its discrete log-density: loss() is drawn the same way
             sampler, loss_sampler = StraightThroughSampler, StraightThroughSampler
         else:

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 r"""
 Straight-through estimators that hand the model the exact discrete sample:
-ReinMax and Gumbel-Rao (``RelaxedConcreteELBO(straight_through="reinmax" |
-"gumbel_rao")``).
+ReinMax, Gumbel-Rao and the gapped straight-through estimator
+(``RelaxedConcreteELBO(straight_through="reinmax" | "gumbel_rao" | "gapped")``).
 
 The site's value is the hard sample :math:`D \sim q` with a surrogate
 gradient, :math:`\hat D = D + S - \operatorname{stopgrad}(S)`, and both the
@@ -25,6 +25,14 @@ gradient is straight-through (biased; the bias is measured in
   :math:`\arg\max(\theta + G_k) = D` (in log space, held fixed: the
   Rao-Blackwellization of straight-through Gumbel-softmax; ``K = 1`` is that
   estimator).
+* Gapped straight-through (GST) [3]: :math:`S = \operatorname{softmax}((\theta + \delta)/\tau)`
+  with a deterministic perturbation :math:`\delta` (held fixed) that makes
+  the sampled category :math:`d` the largest perturbed logit by at least the
+  gap :math:`\kappa`, moving the logits no more than that needs:
+  :math:`\delta_d = \max_c\theta_c - \theta_d` and, for :math:`c \ne d`,
+  :math:`\delta_c = -\max(0,\ \theta_c - \max_{c'}\theta_{c'} + \kappa)`.
+  It stands in for Gumbel-Rao's average over Gumbel noise conditioned on the
+  sample, with no noise drawn at all (one softmax per latent).
 
 **References**
 
@@ -33,6 +41,10 @@ Liyuan Liu, Chengyu Dong, Xiaodong Liu, Bin Yu, Jianfeng Gao (NeurIPS 2023)
 
 [2] `Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
 Estimator`, Max B. Paulus, Chris J. Maddison, Andreas Krause (ICLR 2021)
+
+[3] `Training Discrete Deep Generative Models via Gapped Straight-Through
+Estimator`, Ting-Han Fan, Ta-Chung Chi, Alexander I. Rudnicky, Peter J.
+Ramadge (ICML 2022)
 """
 
 import torch
@@ -44,7 +56,7 @@ from torch.distributions import constraints
 from .samplers import Sampler, sample_categorical
 from .util import BERNOULLI, ONEHOT, latent_shape, site_kind, site_logits
 
-__all__ = ["StraightThroughSampler", "gumbel_rao", "reinmax"]
+__all__ = ["StraightThroughSampler", "gapped", "gumbel_rao", "reinmax"]
 
 
 def _categorical_logits(fn):
@@ -90,6 +102,17 @@ def gumbel_rao(logits, hard, index, temperature, num_samples):
     return hard + (surrogate - surrogate.detach())
 
 
+def gapped(logits, hard, temperature, gap):
+    """The hard one-hot ``hard`` with the gapped straight-through gradient (gap ``gap``)."""
+    with torch.no_grad():
+        theta = logits.detach()
+        top = theta.max(-1, keepdim=True).values
+        chosen = hard.bool()
+        move = torch.where(chosen, top - theta, -(theta - top + gap).clamp(min=0))
+    surrogate = ((logits + move) / temperature).softmax(-1)
+    return hard + (surrogate - surrogate.detach())
+
+
 class _LinearSite(TorchDistribution):
     """
     A Bernoulli or OneHotCategorical site (``.to_event`` included) scored by the
@@ -122,7 +145,7 @@ class _LinearSite(TorchDistribution):
 class StraightThroughSampler(Sampler):
     """
     Draws every Bernoulli and OneHotCategorical guide site exactly and hands it
-    on with the gradient of ReinMax or Gumbel-Rao (the ELBO's
+    on with the gradient of ReinMax, Gumbel-Rao or GST (the ELBO's
     ``straight_through``); the model's sites of the same names are scored by
     the same linear extension (:meth:`model_handler`).
     """
@@ -132,6 +155,7 @@ class StraightThroughSampler(Sampler):
         self.variant = elbo.straight_through
         self.temperature = elbo.current_temperature()
         self.num_rao_samples = elbo.num_rao_samples
+        self.gap = elbo.gap
         self.names = set()
 
     def draw(self, msg):
@@ -145,6 +169,8 @@ class StraightThroughSampler(Sampler):
         hard = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
         if self.variant == "reinmax":
             value = reinmax(logits, hard, self.temperature)
+        elif self.variant == "gapped":
+            value = gapped(logits, hard, self.temperature, self.gap)
         else:
             value = gumbel_rao(logits, hard, index, self.temperature, self.num_rao_samples)
         if kind == BERNOULLI:
