@@ -18,6 +18,8 @@ WHEN = {
     "arsm": "Binary sites (DisARM: lower variance than leave-one-out at equal evaluations on 200 Bernoullis); "
     "on categorical sites leave-one-out had 16-30x lower variance at equal evaluations in the benchmarks.",
     "arm": "Binary sites, to compare with DisARM (``arsm``), which it is otherwise dominated by.",
+    "arms": "Bernoulli sites that depend on no other sampled guide site: DisARM's antithetic coupling for any "
+    "number of particles, no extra model evaluations.",
     "indecater": "A few latents per site: every category of every latent is evaluated (half leave-one-out's "
     "variance at equal evaluations with 2 x 10 latents; with 20 x 10 the K(C-1) evaluations cost more).",
     "rebar": "Bernoulli or one-hot sites in a model that accepts relaxed values: a learned control variate "

@@ -11,6 +11,7 @@ model/guide pair::
 """
 
 from . import diagnostics, registry
+from .arms import ARMSELBO
 from .arsm import ARSMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .broadcast import broadcastable
@@ -31,6 +32,7 @@ from .vimco import VIMCOELBO
 __version__ = "0.2.0"
 
 __all__ = [
+    "ARMSELBO",
     "ARSMELBO",
     "DiscreteELBO",
     "ExpectELBO",

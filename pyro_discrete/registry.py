@@ -44,6 +44,9 @@ class Estimator:
     :ivar bool guide_dependencies: it takes guide sites whose distribution
         depends on the value of its discrete sites.
     :ivar bool vectorized_only: ``vectorize_particles=False`` is refused.
+    :ivar bool coupled_particles: it couples the particles' draws of a
+        Bernoulli site, so a Bernoulli site whose distribution depends on
+        another sampled guide site (and so differs between particles) is refused.
     :ivar bool single_site: it takes one discrete guide site (a ``.to_event``
         site may hold many latents).
     :ivar str cost: what its cost grows with: ``"particles"``, ``"replay"``
@@ -70,6 +73,7 @@ class Estimator:
     compilable: bool = True
     guide_dependencies: bool = True
     vectorized_only: bool = False
+    coupled_particles: bool = False
     single_site: bool = False
     cost: str = "particles"
     evaluations: Callable = None
@@ -261,6 +265,7 @@ def _enumeration(num_particles, num_categories, num_latents):
 
 
 def _register_builtins():
+    from .arms import ARMSELBO
     from .arsm import ARSMELBO
     from .expect import ExpectELBO
     from .indecater import IndeCateRELBO
@@ -341,6 +346,19 @@ def _register_builtins():
             evaluations=_arsm_evaluations,
             for_evaluations=_arsm_particles,
             summary="ARSM for categorical sites, ARM for binary ones",
+        )
+    )
+    _register(
+        Estimator(
+            "arms",
+            ARMSELBO,
+            min_particles=2,
+            particles=4,
+            vectorized_only=True,
+            coupled_particles=True,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="ARMS: Bernoulli draws coupled across particles (Dirichlet copula), corrected leave-one-out",
         )
     )
     _register(

@@ -51,6 +51,8 @@ class Family:
     kinds: frozenset = frozenset()
     discrete_dependency: bool = False
     discrete_sites: int = 1
+    # a Bernoulli guide site depends on another sampled guide site (its distribution differs between particles)
+    bernoulli_parent: bool = False
 
 
 def applicable(entry, family):
@@ -58,6 +60,7 @@ def applicable(entry, family):
     return (
         family.kinds <= entry.site_kinds
         and (entry.guide_dependencies or not family.discrete_dependency)
+        and not (entry.coupled_particles and family.bernoulli_parent)
         and (not entry.single_site or family.discrete_sites <= 1)
     )
 
@@ -233,6 +236,7 @@ def _continuous_global_discrete_local():
         1,
         reference="sampled",
         kinds=frozenset(["continuous", "bernoulli"]),
+        bernoulli_parent=True,
     )
 
 

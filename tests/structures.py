@@ -37,6 +37,7 @@ class Structure:
     args: tuple = ()
     kinds: frozenset = frozenset()
     discrete_dependency: bool = False  # a guide site depends on the value of a discrete guide site
+    bernoulli_parent: bool = False  # a Bernoulli guide site depends on another sampled guide site
     discrete_sites: int = 1  # number of discrete guide sites
     particles_broadcast: bool = True  # model and guide broadcast over a particle plate left of their plates
     extra_dims_broadcast: bool = True  # ... and over enumeration or replay dims left of all plates
@@ -511,7 +512,7 @@ def _markov_inside_a_plate():
 # ----------------------------------------------------------------------
 # discrete on discrete, continuous and discrete
 # ----------------------------------------------------------------------
-@structure(kinds=frozenset([BERNOULLI]), discrete_dependency=True, discrete_sites=2)
+@structure(kinds=frozenset([BERNOULLI]), discrete_dependency=True, discrete_sites=2, bernoulli_parent=True)
 def _bernoulli_on_bernoulli():
     def model():
         a = pyro.sample("a", dist.Bernoulli(0.3))
@@ -525,7 +526,7 @@ def _bernoulli_on_bernoulli():
     return model, guide
 
 
-@structure(kinds=frozenset([BERNOULLI, CATEGORICAL]), discrete_dependency=True, discrete_sites=3)
+@structure(kinds=frozenset([BERNOULLI, CATEGORICAL]), discrete_dependency=True, discrete_sites=3, bernoulli_parent=True)
 def _chain_of_three():
     def model():
         a = pyro.sample("a", dist.Bernoulli(0.5))
@@ -555,7 +556,7 @@ def _dependency_in_model_only():
     return model, guide
 
 
-@structure(kinds=frozenset([BERNOULLI, CONTINUOUS]))
+@structure(kinds=frozenset([BERNOULLI, CONTINUOUS]), bernoulli_parent=True)
 def _discrete_depends_on_continuous():
     def model():
         w = pyro.sample("w", dist.Normal(0.0, 1.0))
@@ -836,7 +837,7 @@ def _tracegraph_baseline_options():
     return model, guide
 
 
-@structure(kinds=frozenset([BERNOULLI, CONTINUOUS]))
+@structure(kinds=frozenset([BERNOULLI, CONTINUOUS]), bernoulli_parent=True)
 def _auxiliary_guide_site():
     def model():
         z = pyro.sample("z", dist.Bernoulli(0.5))

@@ -61,6 +61,8 @@ def predict(structure, entry, vectorize=True):
         return ERROR, "several discrete sites"
     if structure.discrete_dependency and not entry.guide_dependencies:
         return ERROR, "depends on the value of (the )?discrete guide site"
+    if structure.bernoulli_parent and entry.coupled_particles:
+        return ERROR, "differs between particles|drawn per particle"
     if not structure.enumerable and (entry.exact or entry.cost == "set"):
         return ERROR, "is outside a plate|does not vary along batch dim"
     if not structure.extra_dims_broadcast and entry.cost in ("replay", "enumeration"):
