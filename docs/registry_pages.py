@@ -18,6 +18,8 @@ WHEN = {
     "arsm": "Binary sites (DisARM: lower variance than leave-one-out at equal evaluations on 200 Bernoullis); "
     "on categorical sites leave-one-out had 16-30x lower variance at equal evaluations in the benchmarks.",
     "arm": "Binary sites, to compare with DisARM (``arsm``), which it is otherwise dominated by.",
+    "coupled_disarm": "Categorical sites with many categories where ARSM's C(C-1)/2 evaluations are too many: two "
+    "evaluations per particle, DisARM on the stick-breaking choices.",
     "arms": "Bernoulli sites that depend on no other sampled guide site: DisARM's antithetic coupling for any "
     "number of particles, no extra model evaluations.",
     "indecater": "A few latents per site: every category of every latent is evaluated (half leave-one-out's "

@@ -12,7 +12,7 @@ model/guide pair::
 
 from . import diagnostics, registry
 from .arms import ARMSELBO
-from .arsm import ARSMELBO
+from .arsm import ARSMELBO, CoupledDisARMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .broadcast import broadcastable
 from .elbo import DiscreteELBO, Surrogate
@@ -34,6 +34,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ARMSELBO",
     "ARSMELBO",
+    "CoupledDisARMELBO",
     "DiscreteELBO",
     "ExpectELBO",
     "IndeCateRELBO",

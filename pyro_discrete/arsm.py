@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-ARSM for categorical guide sites and ARM / DisARM for binary ones.
+ARSM or coupled (stick-breaking) DisARM for categorical guide sites, and ARM /
+DisARM for binary ones.
 """
 
 import torch
@@ -13,7 +14,27 @@ from .structure import INDEPENDENT, LEFT_DIMS, check_assumptions
 from .traces import score_function_sites
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, site_kind, site_logits
 
-__all__ = ["ARSMELBO", "AugmentedSampler", "PseudoActionGradient"]
+__all__ = ["ARSMELBO", "AugmentedSampler", "CoupledDisARMELBO", "PseudoActionGradient", "stick_breaking_logits"]
+
+#: the categorical augmentation of the coupled DisARM estimator: a sequence of binary choices
+STICK_BREAKING = "stick_breaking"
+
+
+def stick_breaking_logits(logits):
+    r"""
+    The logits :math:`\eta_i = \theta_i - \log\sum_{j > i} e^{\theta_j}`,
+    ``i < C - 1``, of the binary choices "category ``i``, given not before":
+    the categorical is the first success of independent
+    :math:`b_i \sim \text{Bernoulli}(\sigma(\eta_i))` (the last category if none).
+    """
+    tail = torch.logcumsumexp(logits.flip(-1), -1).flip(-1)  # log sum_{j >= i} exp(theta_j)
+    return logits[..., :-1] - tail[..., 1:]
+
+
+def _first_success(b):
+    # the index of the first true entry of b (..., C - 1), C - 1 if none
+    extended = torch.cat([b, torch.ones_like(b[..., :1])], -1)
+    return extended.to(torch.uint8).argmax(-1)
 
 
 class AugmentedSampler(Sampler):
@@ -24,13 +45,28 @@ class AugmentedSampler(Sampler):
 
     * categorical: :math:`\\pi \\sim \\text{Dir}(1_C)` per latent,
       :math:`z = \\arg\\min_i \\pi_i e^{-\\theta_i}`;
-    * binary: :math:`u \\sim U(0, 1)` per latent, :math:`b = 1[u < \\sigma(\\alpha)]`.
+    * binary: :math:`u \\sim U(0, 1)` per latent, :math:`b = 1[u < \\sigma(\\alpha)]`;
+    * categorical, coupled DisARM (the sites of ``stick_breaking``):
+      :math:`u_i \\sim U(0, 1)`, ``i < C - 1``, :math:`z` the first ``i`` with
+      :math:`u_i < \\sigma(\\eta_i)` (:func:`stick_breaking_logits`); the noise is
+      ``u`` and the recorded logits are :math:`\\eta`.
 
-    Both give exact samples of the site's distribution.
+    All give exact samples of the site's distribution.
+
+    :param stick_breaking: a predicate on site names (the categorical sites drawn
+        for coupled DisARM); default: every categorical site if the ELBO's
+        surrogate is coupled DisARM's, else none.
     """
 
-    def __init__(self, elbo=None):
+    def __init__(self, elbo=None, stick_breaking=None):
         super().__init__(elbo)
+        if stick_breaking is None:
+            surrogate = getattr(elbo, "surrogate", None)
+            coupled = isinstance(surrogate, PseudoActionGradient) and surrogate.categorical == STICK_BREAKING
+            stick_breaking = (lambda name: True) if coupled else (lambda name: False)
+        self._stick_breaking = stick_breaking
+        #: the names of the categorical sites drawn by stick-breaking (their noise is coupled DisARM's)
+        self.stick_breaking = set()
         #: guide site name -> ``(kind, noise, logits)``, filled as the guide runs: the site's kind
         #: (see :func:`~pyro_discrete.util.site_kind`), the noise it was drawn with (``u`` of the logits' shape for
         #: a Bernoulli site, ``pi`` of the logits' shape ``(..., C)`` for a categorical one) and its logits
@@ -47,6 +83,18 @@ class AugmentedSampler(Sampler):
             u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device)
             value = (u < torch.sigmoid(logits.detach())).to(logits.dtype)
             noise = u
+        elif self._stick_breaking(msg["name"]):
+            num_categories = logits.shape[-1]
+            eta = stick_breaking_logits(logits)
+            u = torch.rand(eta.shape, dtype=logits.dtype, device=logits.device)
+            index = _first_success(u < torch.sigmoid(eta.detach()))
+            value = (
+                index if kind == CATEGORICAL else torch.nn.functional.one_hot(index, num_categories).to(logits.dtype)
+            )
+            msg["value"] = value
+            self.noise[msg["name"]] = (kind, u, eta)
+            self.stick_breaking.add(msg["name"])
+            return
         else:
             num_categories = logits.shape[-1]
             e = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device).exponential_()
@@ -64,12 +112,19 @@ def _swap_pairs(num_categories, device):
     return torch.triu_indices(num_categories, num_categories, 1, device=device)
 
 
-def _pseudo_actions(kind, noise, logits):
-    """
+def _pseudo_actions(kind, noise, logits, stick_breaking=False):
+    r"""
     The values of the pseudo-actions of one site, stacked on a new leftmost dim:
     the ``C(C-1)/2`` swaps ``j<m`` for a categorical site (shared by all its
-    latents), the antithetic sample for a binary one.
+    latents), the antithetic sample for a binary one, and for a categorical site
+    drawn by stick-breaking (``logits`` then holds :math:`\eta`) the antithetic
+    sample of its binary choices.
     """
+    if stick_breaking:
+        index = _first_success(1.0 - noise < torch.sigmoid(logits.detach())).unsqueeze(0)
+        if kind == CATEGORICAL:
+            return index
+        return torch.nn.functional.one_hot(index, logits.shape[-1] + 1).to(logits.dtype)
     if kind == BERNOULLI:
         return (1.0 - noise < torch.sigmoid(logits.detach())).to(logits.dtype).unsqueeze(0)
     num_categories = logits.shape[-1]
@@ -85,6 +140,27 @@ def _pseudo_actions(kind, noise, logits):
     if kind == CATEGORICAL:
         return index
     return torch.nn.functional.one_hot(index, num_categories).to(logits.dtype)
+
+
+def _stick_breaking_gradient(noise, eta, f_true, f_anti):
+    r"""
+    Coupled DisARM's estimator of the gradient of ``E[f]`` with respect to the
+    stick-breaking logits :math:`\eta` (``(..., C - 1)``): DisARM on the binary
+    choices both sequences reach, the Rao-Blackwellized term
+    :math:`\tfrac12(f - \tilde f)(b_i - p_i)` (or its mirror) on those only one
+    reaches, nothing beyond.
+    """
+    p = torch.sigmoid(eta.detach())
+    b, b_anti = noise < p, 1.0 - noise < p
+    positions = torch.arange(eta.shape[-1], device=eta.device)
+    reach = positions <= _first_success(b).unsqueeze(-1)
+    reach_anti = positions <= _first_success(b_anti).unsqueeze(-1)
+    df = (f_true - f_anti).reshape(f_true.shape + (1,) * (eta.dim() - f_true.dim()))
+    b, b_anti = b.to(eta.dtype), b_anti.to(eta.dtype)
+    disarm = 0.5 * df * (1.0 - 2.0 * b_anti) * (b != b_anti).to(eta.dtype) * torch.sigmoid(eta.detach().abs())
+    grad = disarm * (reach & reach_anti).to(eta.dtype)
+    grad = grad + 0.5 * df * (b - p) * (reach & ~reach_anti).to(eta.dtype)
+    return grad - 0.5 * df * (b_anti - p) * (reach_anti & ~reach).to(eta.dtype)
 
 
 def _logit_gradient(kind, noise, logits, value, f_true, f_rows, binary):
@@ -165,8 +241,13 @@ class ARSMELBO(DiscreteELBO):
     After each step, :attr:`num_evaluations` holds the number of evaluations of
     the model per step (particles times one plus the pseudo-action rows).
 
+    With ``categorical="disarm"`` categorical sites get coupled DisARM
+    instead of ARSM (:class:`CoupledDisARMELBO`).
+
     :param int num_particles: independent ARSM/DisARM estimates averaged.
     :param str binary: ``"disarm"`` (default) or ``"arm"`` for Bernoulli sites.
+    :param str categorical: ``"arsm"`` (default) or ``"disarm"`` for
+        Categorical and OneHotCategorical sites.
 
     **References**
 
@@ -181,17 +262,64 @@ class ARSMELBO(DiscreteELBO):
     Variables`, Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
     """
 
-    def __init__(self, num_particles=1, binary="disarm", **kwargs):
+    def __init__(self, num_particles=1, binary="disarm", categorical="arsm", **kwargs):
+        if categorical not in ("arsm", "disarm"):
+            raise ValueError("ARSMELBO: categorical must be 'arsm' or 'disarm', got {!r}".format(categorical))
         super().__init__(
             num_particles=num_particles,
             sampler=AugmentedSampler,
-            surrogate=PseudoActionGradient(binary),
+            surrogate=PseudoActionGradient(binary, STICK_BREAKING if categorical == "disarm" else "arsm"),
             **kwargs,
         )
 
     @property
     def binary(self):
         return self.surrogate.binary
+
+
+class CoupledDisARMELBO(ARSMELBO):
+    r"""
+    Coupled DisARM for categorical guide sites [1], DisARM for binary ones.
+
+    A categorical site of :math:`C` categories is drawn as a sequence of
+    binary choices, "category :math:`i`, given not an earlier one", with
+    logits :math:`\eta_i = \theta_i - \log\sum_{j>i} e^{\theta_j}`
+    (stick-breaking): :math:`u_i \sim U(0, 1)`, :math:`b_i = 1[u_i < \sigma(\eta_i)]`,
+    :math:`z` the first success. Its antithetic partner :math:`\tilde z` comes
+    from :math:`1 - u`, so the pair is coupled through every choice. With
+    :math:`f = f(z)`, :math:`\tilde f = f(\tilde z)`, the gradient with
+    respect to :math:`\eta_i` is
+
+    .. math::
+
+        g_i = \begin{cases}
+          \tfrac12(f - \tilde f)(-1)^{\tilde b_i} 1[b_i \ne \tilde b_i]\,\sigma(|\eta_i|)
+              & i \le \min(z, \tilde z) \\
+          \tfrac12(f - \tilde f)(b_i - \sigma(\eta_i)) & \tilde z < i \le z \\
+          \tfrac12(\tilde f - f)(\tilde b_i - \sigma(\eta_i)) & z < i \le \tilde z \\
+          0 & \text{otherwise},
+        \end{cases}
+
+    DisARM on the choices both sequences reach, and on those only one reaches
+    the other's term integrated over the choice it never made
+    (Rao-Blackwellization); it is passed to :math:`\theta` through
+    :math:`\eta`. Two model evaluations per particle whatever :math:`C` (ARSM
+    needs :math:`1 + C(C-1)/2`); a ``.to_event`` site's latents are flipped
+    together, in one evaluation. Structures as :class:`ARSMELBO`.
+
+    :param int num_particles: independent estimates averaged.
+
+    **References**
+
+    [1] `Coupled Gradient Estimators for Discrete Latent Variables`, Zhe
+    Dong, Andriy Mnih, George Tucker (NeurIPS 2021)
+
+    [2] `DisARM: An Antithetic Gradient Estimator for Binary Latent
+    Variables`, Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
+    """
+
+    def __init__(self, num_particles=1, **kwargs):
+        super().__init__(num_particles=num_particles, binary="disarm", categorical="disarm", **kwargs)
 
 
 class PseudoActionGradient(Surrogate):
@@ -216,12 +344,16 @@ class PseudoActionGradient(Surrogate):
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
-    def __init__(self, binary="disarm"):
+    def __init__(self, binary="disarm", categorical="arsm"):
         if binary not in ("disarm", "arm"):
             raise ValueError("ARSMELBO: binary must be 'disarm' or 'arm', got {!r}".format(binary))
         self.binary = binary
+        #: ``"arsm"`` or ``"stick_breaking"`` (coupled DisARM) for categorical sites
+        self.categorical = categorical
 
     def method(self):
+        if self.categorical == STICK_BREAKING:
+            return "{}({}, {})".format(type(self).__name__, self.binary, self.categorical)
         return "{}({})".format(type(self).__name__, self.binary)
 
     def bind(self, elbo):
@@ -238,8 +370,8 @@ class PseudoActionGradient(Surrogate):
             sites = [(n, s) for n, s in score_function_sites(pair.guide_trace) if names is None or n in names]
             if not sites:
                 continue
-            noise = pair.sampler.noise
-            rows = {name: _pseudo_actions(*noise[name]) for name, _ in sites}
+            noise, coupled = pair.sampler.noise, pair.sampler.stick_breaking
+            rows = {name: _pseudo_actions(*noise[name], stick_breaking=name in coupled) for name, _ in sites}
             replayed = step.replay(pair, rows)
             groups = pair.cost_terms()
             for name, site in sites:
@@ -247,6 +379,9 @@ class PseudoActionGradient(Surrogate):
                 f_true = broadcast_cost(
                     cost_to_frames(groups, site, widened=step.widened(name)), site["fn"].batch_shape
                 )
-                grad = _logit_gradient(kind, site_noise, logits, site["value"], f_true, replayed[name], self.binary)
+                if name in coupled:
+                    grad = _stick_breaking_gradient(site_noise, logits, f_true, replayed[name][0])
+                else:
+                    grad = _logit_gradient(kind, site_noise, logits, site["value"], f_true, replayed[name], self.binary)
                 surrogate = surrogate + (grad.detach() * logits).sum()
         return surrogate, lambda total: total

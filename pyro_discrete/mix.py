@@ -71,15 +71,32 @@ class PerSite(Surrogate):
 
     def sampler(self, elbo):
         """The sampler class: the pseudo-action estimators' augmented draws if any site is theirs."""
-        from .arsm import AugmentedSampler, PseudoActionGradient
+        from .arms import AntitheticScore
+        from .arsm import PseudoActionGradient
         from .samplers import IIDSampler
 
         surrogates = [self.own] + [s for s, _ in self.groups.values()]
+        if any(isinstance(s, AntitheticScore) for s in surrogates):
+            return _Coupled(self)
         if self.enumerated is not None:
             return _PartlyEnumerated(IIDSampler if self.enumerated[1] is False else elbo.sampler, self)
         if any(isinstance(s, PseudoActionGradient) for s in surrogates):
-            return AugmentedSampler
+            return _Augmented(self)
         return elbo.sampler
+
+    def surrogate_of(self, name):
+        """The surrogate that gives site ``name`` its gradient."""
+        for surrogate, names in self.groups.values():
+            if name in names:
+                return surrogate
+        return self.own
+
+    def draws_by_stick_breaking(self, name):
+        """Whether site ``name`` is coupled DisARM's (its categorical values drawn as binary choices)."""
+        from .arsm import STICK_BREAKING, PseudoActionGradient
+
+        surrogate = self.surrogate_of(name)
+        return isinstance(surrogate, PseudoActionGradient) and surrogate.categorical == STICK_BREAKING
 
     def check_site(self, elbo, name, site):
         for surrogate, names in self.groups.values():
@@ -163,6 +180,30 @@ class PerSite(Surrogate):
             modules = surrogate.auxiliary_modules()
             for name, module_state in group_state.get("auxiliary", {}).items():
                 modules[name].load_state_dict(module_state)
+
+
+class _Augmented:
+    """A sampler factory: :class:`~pyro_discrete.arsm.AugmentedSampler` drawing each site as its method needs."""
+
+    def __init__(self, per_site):
+        self.per_site = per_site
+
+    def __call__(self, elbo):
+        from .arsm import AugmentedSampler
+
+        return AugmentedSampler(elbo, stick_breaking=self.per_site.draws_by_stick_breaking)
+
+
+class _Coupled:
+    """A sampler factory: :class:`~pyro_discrete.arms.CopulaSampler` coupling the ARMS sites of a mix only."""
+
+    def __init__(self, per_site):
+        self.per_site = per_site
+
+    def __call__(self, elbo):
+        from .arms import AntitheticScore, CopulaSampler
+
+        return CopulaSampler(elbo, coupled=lambda name: isinstance(self.per_site.surrogate_of(name), AntitheticScore))
 
 
 class _PartlyEnumerated:

@@ -8,10 +8,11 @@ and :func:`config_estimator` annotates a guide's discrete sites as
 Every ELBO of the package reads the annotations (the design is in the
 developer guide, *Per-site estimators*). Sites annotated with the ELBO's own
 method, or not annotated, get the ELBO's estimator. Under the ELBO objective,
-the score family (``score``, ``loo``, ``moving_average``) and the
-pseudo-action estimators (``arsm``, ``arm``) mix freely, site by site: every
-discrete site is drawn exactly from the guide (with the augmentation's noise
-kept when a pseudo-action site is among them), each site's gradient term is
+the score family (``score``, ``loo``, ``moving_average``) mixes site by site
+with the pseudo-action estimators (``arsm``, ``arm``, ``coupled_disarm``) and
+with ARMS (``arms``): every discrete site is drawn exactly from the guide (with
+the augmentation's noise kept when a pseudo-action site is among them, coupled
+across particles for an ARMS site), each site's gradient term is
 its own method's, and the pathwise part is computed once (:class:`~pyro_discrete.mix.PerSite`).
 A replayed site needs no guide site to depend on it, checked for that site
 only. Any other mix, or a name that is not registered, is an
@@ -113,12 +114,21 @@ def _label(elbo):
 
 
 def _family(surrogate):
-    """``"score"``, ``"pseudo_action"``, ``"enumeration"``: the families that mix per site; ``None`` otherwise."""
+    """
+    ``"score"``, ``"pseudo_action"``, ``"enumeration"``, ``"copula"``: the
+    families that mix per site; ``None`` otherwise.
+    """
+    from .arms import AntitheticScore
     from .arsm import PseudoActionGradient
     from .expect import Expectation
     from .score import ScoreFunction
 
-    families = ((ScoreFunction, "score"), (PseudoActionGradient, "pseudo_action"), (Expectation, "enumeration"))
+    families = (
+        (ScoreFunction, "score"),
+        (PseudoActionGradient, "pseudo_action"),
+        (Expectation, "enumeration"),
+        (AntitheticScore, "copula"),
+    )
     for cls, family in families:
         if isinstance(surrogate, cls):
             return family
@@ -128,7 +138,11 @@ def _family(surrogate):
 def _mixable(surrogates):
     # the score family mixes with either; ARSM/ARM replay the model at the sites' pseudo-actions, which is not
     # written for traces with enumerated dims
+    # written for traces with enumerated dims; ARMS draws its sites coupled across particles, with the score
+    # family's sites drawn independently beside them
     families = {_family(s) for s in surrogates}
+    if "copula" in families and not families <= {"copula", "score"}:
+        return False
     return None not in families and not {"pseudo_action", "enumeration"} <= families
 
 
@@ -172,9 +186,9 @@ def resolve(elbo, annotated):
         raise EstimatorError(
             elbo,
             "guide site{} {} {} annotated with another estimator than this ELBO's ({}); per site, the score "
-            "family (score, loo, moving_average) mixes under the ELBO with ARSM/ARM or with exact enumeration "
-            "(expect); other mixes are not implemented yet. Remove the annotations, or use one estimator for "
-            "the whole model.".format(
+            "family (score, loo, moving_average) mixes under the ELBO with ARSM/ARM/coupled DisARM, with ARMS or "
+            "with exact enumeration (expect); other mixes are not implemented yet. Remove the annotations, or use "
+            "one estimator for the whole model.".format(
                 "s" if len(others) > 1 else "",
                 ", ".join("'{}' ({})".format(n, label) for n, (label, _, _) in others.items()),
                 "are" if len(others) > 1 else "is",
@@ -194,8 +208,9 @@ def _options_of(elbo):
 
     if isinstance(elbo, TraceScoreELBO):
         return {"baseline": elbo.surrogate.spec, "decay": elbo.surrogate.decay}
-    if isinstance(elbo, ARSMELBO):
-        return {"binary": elbo.surrogate.binary}
+    if isinstance(elbo, ARSMELBO) and type(elbo) is ARSMELBO:
+        categorical = "arsm" if elbo.surrogate.categorical == "arsm" else "disarm"
+        return {"binary": elbo.surrogate.binary, "categorical": categorical}
     return {}
 
 

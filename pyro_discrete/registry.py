@@ -244,6 +244,14 @@ def _arsm_particles(evaluations, num_categories, num_latents):
     return {"num_particles": max(1, round(evaluations / per_particle))}
 
 
+def _antithetic_evaluations(num_particles, num_categories, num_latents):
+    return 2 * num_particles  # the sample and its antithetic partner, every latent flipped at once
+
+
+def _antithetic_particles(evaluations, num_categories, num_latents):
+    return {"num_particles": max(1, round(evaluations / 2))}
+
+
 def _indecater_evaluations(num_particles, num_categories, num_latents):
     return num_particles * (1 + num_latents * (num_categories - 1))
 
@@ -266,7 +274,7 @@ def _enumeration(num_particles, num_categories, num_latents):
 
 def _register_builtins():
     from .arms import ARMSELBO
-    from .arsm import ARSMELBO
+    from .arsm import ARSMELBO, CoupledDisARMELBO
     from .expect import ExpectELBO
     from .indecater import IndeCateRELBO
     from .relax import RELAXELBO
@@ -346,6 +354,17 @@ def _register_builtins():
             evaluations=_arsm_evaluations,
             for_evaluations=_arsm_particles,
             summary="ARSM for categorical sites, ARM for binary ones",
+        )
+    )
+    _register(
+        Estimator(
+            "coupled_disarm",
+            CoupledDisARMELBO,
+            guide_dependencies=False,
+            cost="replay",
+            evaluations=_antithetic_evaluations,
+            for_evaluations=_antithetic_particles,
+            summary="coupled DisARM: categorical sites as stick-breaking binary choices, DisARM on them",
         )
     )
     _register(

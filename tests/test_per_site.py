@@ -78,8 +78,9 @@ def test_an_elbo_instance_as_the_annotation():
         assert torch.equal(a, b)
 
 
-MIXABLE = ["score", "loo", "moving_average", "arsm", "arm", "expect"]
-REPLAYING = ("arsm", "arm")
+MIXABLE = ["score", "loo", "moving_average", "arsm", "arm", "coupled_disarm", "arms", "expect"]
+REPLAYING = ("arsm", "arm", "coupled_disarm")
+SCORE_FAMILY = {"score", "loo", "moving_average"}
 
 
 def _discrete_model():
@@ -124,7 +125,21 @@ def test_every_pair_of_mixable_methods_is_unbiased_or_an_error_naming_both_sites
     structure, make = _mix(elbo_name, "z", method, dependent)
     outcome = classify(structure, make, num_batches=10)
     replays_z = method in REPLAYING
-    if "expect" in (elbo_name, method) and {elbo_name, method} & set(REPLAYING):
+    pair = {elbo_name, method}
+    if "arms" in pair and not pair - {"arms"} <= SCORE_FAMILY:
+        # ARMS couples its sites across particles; it mixes with the score family only
+        assert outcome.outcome == CLEAR, outcome
+        pyro.clear_param_store()
+        with pytest.raises(EstimatorError) as info:
+            make(2).differentiable_loss(structure.model, structure.guide)
+        assert info.value.requirement == "one_estimator_per_model" and info.value.sites == ("z",)
+    elif elbo_name == "arms" and dependent:  # b, coupled across particles, has a distribution per particle
+        assert outcome.outcome == CLEAR, outcome
+        pyro.clear_param_store()
+        with pytest.raises(EstimatorError) as info:
+            make(2).differentiable_loss(structure.model, structure.guide)
+        assert info.value.requirement == "same_distribution_across_particles" and "b" in info.value.sites
+    elif "expect" in pair and pair & set(REPLAYING):
         # replays of traces with enumerated dims are not written: an error naming the annotated site
         assert outcome.outcome == CLEAR, outcome
         pyro.clear_param_store()
