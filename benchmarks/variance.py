@@ -199,10 +199,14 @@ def measure(setting, draws, names):
 def write(rows, out):
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "variance.csv")
-    if os.path.exists(path):  # keep the settings not measured now
+    if os.path.exists(path):  # keep the (setting, estimator) rows not measured now
+        measured = {(row["setting"], row["estimator"]) for row in rows}
         with open(path) as f:
-            old = [r for r in csv.DictReader(f) if r["setting"] not in {row["setting"] for row in rows}]
+            old = [r for r in csv.DictReader(f) if (r["setting"], r["estimator"]) not in measured]
         rows = [{k: _number(v) for k, v in r.items()} for r in old] + rows
+        order = {name: i for i, name in enumerate(REGISTRY)}
+        settings = {s: i for i, s in enumerate(SETTINGS)}
+        rows.sort(key=lambda r: (settings.get(r["setting"], 99), order.get(r["estimator"], 99), float(r["budget"])))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -308,7 +312,7 @@ def main(argv=None):
     for setting in args.settings.split(","):
         draws = args.draws or DRAWS[setting]
         rows = measure(setting, draws, args.estimators.split(","))
-        write(rows, args.out)  # after every setting: the others' rows in the file are kept
+        write(rows, args.out)  # after every setting: the rows of other settings and estimators are kept
         print("wrote", os.path.join(args.out, "variance.md"), flush=True)
     return 0
 

@@ -15,6 +15,7 @@ from .arms import ARMSELBO
 from .arsm import ARSMELBO, CoupledDisARMELBO
 from .baselines import LeaveOneOutBaseline, MovingAverageBaseline, NoBaseline
 from .broadcast import broadcastable
+from .carms import CARMSELBO
 from .elbo import DiscreteELBO, Surrogate
 from .expect import ExpectELBO
 from .indecater import IndeCateRELBO
@@ -34,6 +35,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ARMSELBO",
     "ARSMELBO",
+    "CARMSELBO",
     "CoupledDisARMELBO",
     "DiscreteELBO",
     "ExpectELBO",

@@ -132,7 +132,7 @@ class CopulaSampler(IIDSampler):
                 "that depend on no other sampled guide site.".format(name),
                 sites=(name,),
                 requirement=SAME_DISTRIBUTION,
-                suggest=lambda e: e.name != "arms",
+                suggest=lambda e: not e.coupled_particles,
             )
         msg["value"] = dirichlet_copula_draws(first.squeeze(j), self.num, j)
         self.factors[name] = dirichlet_copula_factor(first, self.num)
@@ -160,19 +160,23 @@ class AntitheticScore(Surrogate):
 
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
+    #: the kinds of site drawn coupled across particles (they need one distribution in every particle)
+    coupled_kinds = frozenset([BERNOULLI])
+
     def check_structure(self, structure, names=None):
         failure = check_assumptions({LEFT_DIMS}, structure, names)
         if failure is not None:
             return failure
         for s in structure.all_sites.values():  # continuous sites too: drawn per particle as well
-            later = sorted(d for d in s.dependents if d in structure.sites and structure.sites[d].kind == BERNOULLI)
+            later = sorted(
+                d for d in s.dependents if d in structure.sites and structure.sites[d].kind in self.coupled_kinds
+            )
             later = [d for d in later if names is None or d in names]
             if later:
                 message = (
                     "guide site '{}' depends on the value of guide site '{}', drawn per particle: its distribution "
-                    "differs between particles, and ARMS couples the particles' draws of one distribution.".format(
-                        later[0], s.name
-                    )
+                    "differs between particles, and this estimator couples the particles' draws of one "
+                    "distribution.".format(later[0], s.name)
                 )
                 return (s.name, later[0]), SAME_DISTRIBUTION, message
         return None

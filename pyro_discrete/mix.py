@@ -201,9 +201,15 @@ class _Coupled:
         self.per_site = per_site
 
     def __call__(self, elbo):
-        from .arms import AntitheticScore, CopulaSampler
+        from .arms import AntitheticScore
+        from .carms import CARMSSampler, CategoricalCopulaScore
 
-        return CopulaSampler(elbo, coupled=lambda name: isinstance(self.per_site.surrogate_of(name), AntitheticScore))
+        surrogate_of = self.per_site.surrogate_of
+        return CARMSSampler(
+            elbo,
+            coupled=lambda name: isinstance(surrogate_of(name), AntitheticScore),
+            categorical=lambda name: isinstance(surrogate_of(name), CategoricalCopulaScore),
+        )
 
 
 class _PartlyEnumerated:

@@ -10,7 +10,7 @@ developer guide, *Per-site estimators*). Sites annotated with the ELBO's own
 method, or not annotated, get the ELBO's estimator. Under the ELBO objective,
 the score family (``score``, ``loo``, ``moving_average``) mixes site by site
 with the pseudo-action estimators (``arsm``, ``arm``, ``coupled_disarm``) and
-with ARMS (``arms``): every discrete site is drawn exactly from the guide (with
+with ARMS and CARMS (``arms``, ``carms``): every discrete site is drawn exactly from the guide (with
 the augmentation's noise kept when a pseudo-action site is among them, coupled
 across particles for an ARMS site), each site's gradient term is
 its own method's, and the pathwise part is computed once (:class:`~pyro_discrete.mix.PerSite`).

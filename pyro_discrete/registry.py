@@ -45,8 +45,9 @@ class Estimator:
         depends on the value of its discrete sites.
     :ivar bool vectorized_only: ``vectorize_particles=False`` is refused.
     :ivar bool coupled_particles: it couples the particles' draws of a
-        Bernoulli site, so a Bernoulli site whose distribution depends on
-        another sampled guide site (and so differs between particles) is refused.
+        discrete site (ARMS: Bernoulli sites; CARMS: every discrete site), so
+        such a site whose distribution depends on another sampled guide site
+        (and so differs between particles) is refused.
     :ivar bool single_site: it takes one discrete guide site (a ``.to_event``
         site may hold many latents).
     :ivar str cost: what its cost grows with: ``"particles"``, ``"replay"``
@@ -275,6 +276,7 @@ def _enumeration(num_particles, num_categories, num_latents):
 def _register_builtins():
     from .arms import ARMSELBO
     from .arsm import ARSMELBO, CoupledDisARMELBO
+    from .carms import CARMSELBO
     from .expect import ExpectELBO
     from .indecater import IndeCateRELBO
     from .relax import RELAXELBO
@@ -378,6 +380,19 @@ def _register_builtins():
             evaluations=_same,
             for_evaluations=_particles_at_least_2,
             summary="ARMS: Bernoulli draws coupled across particles (Dirichlet copula), corrected leave-one-out",
+        )
+    )
+    _register(
+        Estimator(
+            "carms",
+            CARMSELBO,
+            min_particles=2,
+            particles=4,
+            vectorized_only=True,
+            coupled_particles=True,
+            evaluations=_same,
+            for_evaluations=_particles_at_least_2,
+            summary="CARMS: categorical draws coupled across particles, pairs importance-weighted (ARMS for binary)",
         )
     )
     _register(

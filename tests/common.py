@@ -51,8 +51,23 @@ class Family:
     kinds: frozenset = frozenset()
     discrete_dependency: bool = False
     discrete_sites: int = 1
-    # a Bernoulli guide site depends on another sampled guide site (its distribution differs between particles)
+    # a Bernoulli (categorical) guide site depends on another sampled guide site: its distribution differs
+    # between particles, which estimators that couple the particles' draws of such sites refuse
     bernoulli_parent: bool = False
+    categorical_parent: bool = False
+
+
+def coupled_kinds(entry):
+    """The site kinds a registry entry draws coupled across particles (none for most)."""
+    return getattr(entry.make().surrogate, "coupled_kinds", frozenset()) if entry.coupled_particles else frozenset()
+
+
+def refuses_coupled_parent(entry, structure):
+    """Whether the entry couples a kind of site that has a sampled parent in ``structure`` (a family or structure)."""
+    kinds = coupled_kinds(entry)
+    return (structure.bernoulli_parent and "bernoulli" in kinds) or (
+        structure.categorical_parent and bool({"categorical", "onehot"} & kinds)
+    )
 
 
 def applicable(entry, family):
@@ -60,7 +75,7 @@ def applicable(entry, family):
     return (
         family.kinds <= entry.site_kinds
         and (entry.guide_dependencies or not family.discrete_dependency)
-        and not (entry.coupled_particles and family.bernoulli_parent)
+        and not refuses_coupled_parent(entry, family)
         and (not entry.single_site or family.discrete_sites <= 1)
     )
 
@@ -126,6 +141,7 @@ def _global_bernoulli_local_categorical():
         separate_guide=guide,
         kinds=frozenset(["bernoulli", "categorical"]),
         discrete_dependency=True,
+        categorical_parent=True,
         discrete_sites=2,
     )
 

@@ -38,6 +38,7 @@ class Structure:
     kinds: frozenset = frozenset()
     discrete_dependency: bool = False  # a guide site depends on the value of a discrete guide site
     bernoulli_parent: bool = False  # a Bernoulli guide site depends on another sampled guide site
+    categorical_parent: bool = False  # a categorical guide site depends on another sampled guide site
     discrete_sites: int = 1  # number of discrete guide sites
     particles_broadcast: bool = True  # model and guide broadcast over a particle plate left of their plates
     extra_dims_broadcast: bool = True  # ... and over enumeration or replay dims left of all plates
@@ -238,7 +239,9 @@ def _global_and_local_independent():
     return model, guide
 
 
-@structure(kinds=frozenset([BERNOULLI, CATEGORICAL]), discrete_dependency=True, discrete_sites=2)
+@structure(
+    kinds=frozenset([BERNOULLI, CATEGORICAL]), discrete_dependency=True, discrete_sites=2, categorical_parent=True
+)
 def _global_and_local_dependent():
     def model():
         g = pyro.sample("g", dist.Bernoulli(0.4))
@@ -475,7 +478,7 @@ def _markov_chain_independent_guide():
     return model, guide
 
 
-@structure(kinds=frozenset([CATEGORICAL]), discrete_dependency=True, discrete_sites=3)
+@structure(kinds=frozenset([CATEGORICAL]), discrete_dependency=True, discrete_sites=3, categorical_parent=True)
 def _markov_chain_dependent_guide():
     def model():
         z = torch.tensor(0)

@@ -78,7 +78,8 @@ def test_an_elbo_instance_as_the_annotation():
         assert torch.equal(a, b)
 
 
-MIXABLE = ["score", "loo", "moving_average", "arsm", "arm", "coupled_disarm", "arms", "expect"]
+MIXABLE = ["score", "loo", "moving_average", "arsm", "arm", "coupled_disarm", "arms", "carms", "expect"]
+COPULA = {"arms", "carms"}
 REPLAYING = ("arsm", "arm", "coupled_disarm")
 SCORE_FAMILY = {"score", "loo", "moving_average"}
 
@@ -126,14 +127,14 @@ def test_every_pair_of_mixable_methods_is_unbiased_or_an_error_naming_both_sites
     outcome = classify(structure, make, num_batches=10)
     replays_z = method in REPLAYING
     pair = {elbo_name, method}
-    if "arms" in pair and not pair - {"arms"} <= SCORE_FAMILY:
-        # ARMS couples its sites across particles; it mixes with the score family only
+    if pair & COPULA and not pair - COPULA <= SCORE_FAMILY:
+        # ARMS and CARMS couple their sites across particles; they mix with the score family (and each other)
         assert outcome.outcome == CLEAR, outcome
         pyro.clear_param_store()
         with pytest.raises(EstimatorError) as info:
             make(2).differentiable_loss(structure.model, structure.guide)
         assert info.value.requirement == "one_estimator_per_model" and info.value.sites == ("z",)
-    elif elbo_name == "arms" and dependent:  # b, coupled across particles, has a distribution per particle
+    elif elbo_name in COPULA and dependent:  # b, coupled across particles, has a distribution per particle
         assert outcome.outcome == CLEAR, outcome
         pyro.clear_param_store()
         with pytest.raises(EstimatorError) as info:

@@ -27,7 +27,7 @@ from pyro_discrete.statistics import draw_statistics, draws_plate
 from pyro_discrete.structure import PER_ELEMENT
 from pyro_discrete.traces import IgnoredInferOption
 
-from common import check_unbiased
+from common import check_unbiased, refuses_coupled_parent
 
 PASS, ERROR = "works", "clear error"
 # a model that reduces over every dim mixes vectorized particles with no shape error (Pyro's own
@@ -61,7 +61,7 @@ def predict(structure, entry, vectorize=True):
         return ERROR, "several discrete sites"
     if structure.discrete_dependency and not entry.guide_dependencies:
         return ERROR, "depends on the value of (the )?discrete guide site"
-    if structure.bernoulli_parent and entry.coupled_particles:
+    if refuses_coupled_parent(entry, structure):
         return ERROR, "differs between particles|drawn per particle"
     if not structure.enumerable and (entry.exact or entry.cost == "set"):
         return ERROR, "is outside a plate|does not vary along batch dim"

@@ -1,0 +1,258 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""
+CARMS: ARMS for categorical sites. The particles' draws of a categorical
+latent are coupled through the Dirichlet copula, and each pair of particles
+is importance-weighted by the ratio of the independent to the coupled
+probability of its pair of values.
+
+**The draws.** For a latent with probabilities :math:`q` over :math:`C`
+categories and :math:`n` particles, the categories are laid out on
+:math:`[0, 1)` in an order :math:`\pi` and particle :math:`i` takes the
+category whose interval holds :math:`u_i`, where :math:`u_1..u_n` come from
+the Dirichlet copula (:math:`u_i = (1 - d_i)^{n-1}`, :math:`d \sim
+\text{Dir}(1_n)`; each :math:`u_i` is uniform, so each draw is exact). The
+order is drawn per latent, shared by its particles, uniformly among the
+:math:`C(C-1)/2` orders that put one category :math:`a` first and one
+:math:`b > a` last (the others in their natural order): the copula makes
+small values of two :math:`u` together impossible, and these orders give
+every pair of categories a positive probability of being drawn together.
+
+**The pair probabilities.** With the copula's bivariate distribution
+function :math:`K(x, y) = \max(0, x^{1/(n-1)} + y^{1/(n-1)} - 1)^{n-1}` and
+category :math:`c`'s interval :math:`[L_c^\pi, R_c^\pi)`,
+
+.. math::
+
+    P(z_i = a, z_j = b) = \frac{1}{|\Pi|}\sum_{\pi}
+        K(R_a^\pi, R_b^\pi) - K(L_a^\pi, R_b^\pi) - K(R_a^\pi, L_b^\pi) + K(L_a^\pi, L_b^\pi),
+
+exactly (in float64), for :math:`i \ne j`.
+
+**The estimator** [1]. With :math:`w_{ij} = q_{z_i} q_{z_j} / P(z_i, z_j)` and
+:math:`f` the cost the site influences,
+
+.. math::
+
+    \hat g_\theta = \frac{1}{n(n-1)} \sum_{i \ne j} w_{ij}\,\big(f(z_i) - f(z_j)\big)
+        \nabla_\theta \log q(z_i),
+
+unbiased because the weights turn the coupled pair into an independent one
+wherever the coupled pair has positive probability, which is everywhere;
+with independent draws (:math:`w = 1`) it is leave-one-out.
+
+**References**
+
+[1] `CARMS: Categorical-Antithetic-REINFORCE Multi-Sample Gradient
+Estimator`, Aleksandar Dimitriev, Mingyuan Zhou (NeurIPS 2021)
+"""
+
+import torch
+
+from .arms import SAME_DISTRIBUTION, AntitheticScore, CopulaSampler, _site_masks
+from .elbo import DiscreteELBO
+from .errors import EstimatorError
+from .util import BERNOULLI, CATEGORICAL, ONEHOT, latent_shape, site_kind, site_logits
+
+__all__ = ["CARMSELBO", "CARMSSampler", "CategoricalCopulaScore", "copula_pair_probabilities"]
+
+#: the most float64 entries the pair probabilities of one chunk of orders may take
+_CHUNK_ENTRIES = 2**24
+
+
+def _orders(num_categories, device):
+    """``(P, C)``: for each pair ``a < b``, the order ``a``, the others ascending, ``b``."""
+    a, b = torch.triu_indices(num_categories, num_categories, 1, device=device)
+    categories = torch.arange(num_categories, device=device)
+    others = categories.expand(len(a), num_categories)
+    keep = (others != a.unsqueeze(-1)) & (others != b.unsqueeze(-1))
+    middle = others[keep].reshape(len(a), num_categories - 2)
+    return torch.cat([a.unsqueeze(-1), middle, b.unsqueeze(-1)], -1)
+
+
+def _bivariate_cdf(x, y, num):
+    power = 1.0 / (num - 1)
+    return (x.pow(power) + y.pow(power) - 1).clamp(min=0).pow(num - 1)
+
+
+def copula_pair_probabilities(probs, num):
+    """
+    ``(..., C, C)``: :math:`P(z_i = a, z_j = b)` of two of ``num`` draws of
+    :func:`CARMSSampler`'s construction, for probabilities ``probs``
+    ``(..., C)``, in float64 (the diagonal included).
+    """
+    p = probs.detach().to(torch.float64)
+    num_categories = p.shape[-1]
+    orders = _orders(num_categories, p.device)  # (P, C)
+    inverse = orders.argsort(-1)  # (P, C): the position of each category
+    batch = p.shape[:-1]
+    total = p.new_zeros(batch + (num_categories, num_categories))
+    chunk = max(1, _CHUNK_ENTRIES // max(1, p[..., 0].numel() * num_categories**2))
+    for start in range(0, len(orders), chunk):
+        order, position = orders[start : start + chunk], inverse[start : start + chunk]
+        permuted = p.unsqueeze(-2).expand(batch + order.shape).gather(-1, order.expand(batch + order.shape))
+        right = permuted.cumsum(-1)
+        right = right / right[..., -1:]  # exactly 1 at the end
+        right = right.gather(-1, position.expand(batch + position.shape))  # back in category order
+        left = (right - p.unsqueeze(-2)).clamp(min=0)
+        ra, rb = right.unsqueeze(-1), right.unsqueeze(-2)
+        la, lb = left.unsqueeze(-1), left.unsqueeze(-2)
+        rectangle = (
+            _bivariate_cdf(ra, rb, num)
+            - _bivariate_cdf(la, rb, num)
+            - _bivariate_cdf(ra, lb, num)
+            + _bivariate_cdf(la, lb, num)
+        )
+        total = total + rectangle.clamp(min=0).sum(-3)
+    return total / len(orders)
+
+
+def copula_categorical_draws(probs, num):
+    """``(num,) + probs.shape[:-1]`` coupled category indices (see the module's docstring)."""
+    p = probs.detach()
+    num_categories = p.shape[-1]
+    batch = p.shape[:-1]
+    orders = _orders(num_categories, p.device)
+    order = orders[torch.randint(len(orders), batch, device=p.device)]  # (..., C)
+    e = torch.empty((num,) + batch, dtype=p.dtype, device=p.device).exponential_()
+    d = e / e.sum(0, keepdim=True)
+    u = torch.exp((num - 1) * torch.log1p(-d))  # (num, ...)
+    right = p.gather(-1, order).cumsum(-1)
+    right = right / right[..., -1:]
+    position = (right.unsqueeze(0) <= u.unsqueeze(-1)).sum(-1).clamp(max=num_categories - 1)
+    return order.unsqueeze(0).expand((num,) + order.shape).gather(-1, position.unsqueeze(-1)).squeeze(-1)
+
+
+class CARMSSampler(CopulaSampler):
+    """
+    :class:`~pyro_discrete.arms.CopulaSampler` that also couples the
+    Categorical and OneHotCategorical sites it is given across the particles
+    (see the module's docstring), recording :attr:`pair_weights` (site name to
+    :math:`w_{ij}`, ``(n, n) + batch + latents`` without the particles' dim,
+    zero on the diagonal).
+
+    :param categorical: a predicate on site names (default: every categorical site).
+    """
+
+    def __init__(self, elbo, coupled=None, categorical=None):
+        super().__init__(elbo, coupled)
+        self.categorical = categorical
+        #: guide site name -> the pair weights of its particles' draws
+        self.pair_weights = {}
+
+    def draw(self, msg):
+        fn, name = msg["fn"], msg["name"]
+        kind = site_kind(fn)
+        if kind not in (CATEGORICAL, ONEHOT) or msg["args"] or msg["kwargs"]:
+            return super().draw(msg)
+        if self.categorical is not None and not self.categorical(name):
+            return super().draw(msg)
+        logits = site_logits(fn)
+        j = len(fn.batch_shape) - self.plate_nesting
+        first = logits.detach().narrow(j, 0, 1)
+        if not torch.equal(logits.detach(), first.expand_as(logits)):
+            raise EstimatorError(
+                self.elbo,
+                "the distribution of guide site '{}' differs between particles: it depends on a site drawn per "
+                "particle. CARMS couples the particles' draws of one categorical distribution; use it for sites "
+                "that depend on no other sampled guide site.".format(name),
+                sites=(name,),
+                requirement=SAME_DISTRIBUTION,
+                suggest=lambda e: not e.coupled_particles,
+            )
+        probs = first.squeeze(j).softmax(-1)
+        index = copula_categorical_draws(probs, self.num)  # (n,) + batch' + latents
+        joint = copula_pair_probabilities(probs, self.num)
+        p64 = probs.to(torch.float64)
+        zi, zj = index.unsqueeze(1), index.unsqueeze(0)  # (n, 1, ...), (1, n, ...)
+        expand = (self.num, self.num) + index.shape[1:]
+        qa = p64.unsqueeze(0).unsqueeze(0).expand(expand + p64.shape[-1:]).gather(-1, zi.expand(expand).unsqueeze(-1))
+        qb = p64.unsqueeze(0).unsqueeze(0).expand(expand + p64.shape[-1:]).gather(-1, zj.expand(expand).unsqueeze(-1))
+        rows = joint.unsqueeze(0).unsqueeze(0).expand(expand + joint.shape[-2:])
+        pair = rows.gather(-2, zi.expand(expand).unsqueeze(-1).unsqueeze(-1).expand(expand + (1, joint.shape[-1])))
+        pair = pair.squeeze(-2).gather(-1, zj.expand(expand).unsqueeze(-1)).squeeze(-1)
+        diagonal = torch.eye(self.num, dtype=torch.bool, device=index.device)
+        diagonal = diagonal.reshape((self.num, self.num) + (1,) * (index.dim() - 1))
+        weights = (qa.squeeze(-1) * qb.squeeze(-1) / pair).masked_fill(diagonal, 0.0)
+        self.pair_weights[name] = weights.to(logits.dtype)
+        value = index.movedim(0, j)
+        if kind == ONEHOT:
+            value = torch.nn.functional.one_hot(value, logits.shape[-1]).to(logits.dtype)
+        msg["value"] = value
+
+
+class CategoricalCopulaScore(AntitheticScore):
+    r"""
+    The CARMS surrogate: for every coupled categorical site, per particle
+    :math:`i` and latent, the signal :math:`\frac{1}{n-1}\sum_{j \ne i} w_{ij}(f_i - f_j)`
+    applied to the latent's log-density; Bernoulli sites as ARMS
+    (:class:`~pyro_discrete.arms.AntitheticScore`); pathwise terms for the rest.
+    """
+
+    coupled_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT])
+
+    def site_terms(self, particles, step, names, surrogate):
+        pair_weights = particles.pairs[0].sampler.pair_weights
+        own = [s.name for s in particles.score_sites() if s.name not in pair_weights]
+        own = own if names is None else [n for n in own if n in names]
+        surrogate, after = super().site_terms(particles, step, own, surrogate)
+        for score_site in particles.score_sites():
+            name = score_site.name
+            if name not in pair_weights or (names is not None and name not in names):
+                continue
+            site, fn = score_site.site, score_site.site["fn"]
+            cost = score_site.cost.detach().expand(fn.batch_shape)
+            dim = score_site.particle_dim % cost.dim()
+            extra = len(latent_shape(fn))
+            front = cost.movedim(dim, 0)  # (n, batch')
+            front = front.reshape(front.shape + (1,) * extra)
+            weights = pair_weights[name]  # (n, n, batch' + latents)
+            signal = (weights * (front.unsqueeze(1) - front.unsqueeze(0))).sum(1) / (front.shape[0] - 1)
+            signal = signal.movedim(0, dim)  # the site's batch + latents
+            logits = site_logits(fn)
+            value = site["value"]
+            index = value.argmax(-1) if site_kind(fn) == ONEHOT else value
+            log_q = logits.log_softmax(-1).gather(-1, index.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+            for mask in _site_masks(site):
+                signal = signal * mask.reshape(mask.shape + (1,) * extra).to(signal.dtype)
+            surrogate = surrogate + (signal * log_q).sum()
+        return surrogate, after
+
+
+class CARMSELBO(DiscreteELBO):
+    r"""
+    CARMS [1]: the particles' draws of every categorical guide site coupled
+    through the Dirichlet copula, with the pairs of particles
+    importance-weighted by the ratio of independent to coupled pair
+    probabilities (computed exactly),
+
+    .. math::
+
+        \hat g_\theta = \frac{1}{n(n-1)} \sum_{i \ne j} \frac{q(z_i)q(z_j)}{P(z_i, z_j)}
+            \big(f(z_i) - f(z_j)\big)\nabla_\theta \log q(z_i)
+
+    per latent (see :mod:`~pyro_discrete.carms`); Bernoulli sites get ARMS
+    (:class:`~pyro_discrete.ARMSELBO`), reparameterizable sites and model
+    parameters pathwise gradients. No model evaluation beyond the :math:`n`
+    particles; computing the pair probabilities costs
+    :math:`O(C^4)` per latent (in chunks), which dominates from about
+    :math:`C = 30`.
+
+    Not supported, and an error naming the site: a discrete site whose
+    distribution differs between particles (it depends on another sampled
+    guide site), looped particles, fewer than two.
+
+    :param int num_particles: :math:`n`, the coupled draws per step (>= 2).
+
+    **References**
+
+    [1] `CARMS: Categorical-Antithetic-REINFORCE Multi-Sample Gradient
+    Estimator`, Aleksandar Dimitriev, Mingyuan Zhou (NeurIPS 2021)
+
+    [2] `ARMS: Antithetic-REINFORCE-Multi-Sample Gradient for Binary
+    Variables`, Aleksandar Dimitriev, Mingyuan Zhou (ICML 2021)
+    """
+
+    def __init__(self, num_particles=2, **kwargs):
+        super().__init__(
+            num_particles=num_particles, sampler=CARMSSampler, surrogate=CategoricalCopulaScore(), **kwargs
+        )
