@@ -150,6 +150,7 @@ class DiscreteELBO(Explanations, ELBO):
         self._per_site = {}  # (model, guide) -> the surrogate of their steps (the ELBO's, or a per-site mix), rows
         self._pending_per_site = []  # per-site states of a checkpoint, loaded when their mix is made
         self._replay_checks = StructureChecks()
+        self._discrete_site_counts = {}  # (model, guide) -> its discrete guide sites (sets drawn across sites)
         self._structures = {}
         self._downstream_costs = {}
         surrogate.bind(self)
@@ -330,6 +331,7 @@ class DiscreteELBO(Explanations, ELBO):
 
     def _trace(self, model, guide, step, sampler_class, num_particles, particle_dim):
         sampler = sampler_class(self)
+        sampler.prepare(guide, step)
         sampled_guide = sampler(guide)
         model_handler = sampler.model_handler()
         run_model = model if model_handler is None else model_handler(model)

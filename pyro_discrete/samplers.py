@@ -53,6 +53,9 @@ class Sampler(Messenger):
     def draw(self, msg):
         """Sets ``msg["value"]`` (and possibly ``msg["fn"]``) of an unobserved guide site, or leaves it to Pyro."""
 
+    def prepare(self, guide, step):
+        """Called before the guide runs under this sampler (``guide`` as it will run: in the particles' plate)."""
+
     def model_handler(self):
         """A messenger to run the model in against this sampler's guide trace, or ``None``."""
         return None

@@ -23,9 +23,12 @@ shared by its ``k`` values; those after it are drawn per particle.
 
 Supported: one discrete guide site (Bernoulli, Categorical,
 OneHotCategorical, ``.to_event`` included) per guide, in any plates, with
-continuous sites before and after it. Several discrete sites are an error
-that names them; so is a term outside the site's plates that depends on it
-(checked once per model and guide, by provenance).
+continuous sites before and after it; for the unordered set estimator,
+several discrete sites in the same plates, whose joint values are drawn by a
+stochastic beam search across them (:mod:`~pyro_discrete.beam`). A term
+outside the sites' plates that depends on them is an error (checked once per
+model and guide, by provenance); so are several discrete sites under
+sum-and-sample.
 """
 
 import math
@@ -72,6 +75,17 @@ class SetSampler(Sampler):
         #: the log-probability of the values that :meth:`draw_set` left out (for sum-and-sample, those not
         #: summed), shape ``batch`` (``-inf`` when none is left out); ``None`` until the site is drawn
         self.log_rest = None
+        #: the discrete guide sites whose joint values the set holds, in guide order
+        self.sites = []
+        self.num_discrete = 1
+
+    def prepare(self, guide, step):
+        counts = self.elbo._discrete_site_counts
+        key = (step.model, step.guide)
+        if key not in counts:
+            counts[key] = _count_discrete_sites(guide, step.args, step.kwargs)
+        #: the number of discrete guide sites (counted once per model and guide)
+        self.num_discrete = counts[key]
 
     # layout: the particle dim of a site's batch, as a positive index
     def particle_index(self, batch_shape):
@@ -88,8 +102,9 @@ class SetSampler(Sampler):
         fn, name = msg["fn"], msg["name"]
         kind = site_kind(fn)
         if kind == CONTINUOUS:
-            if self.site is None and not msg["args"] and not msg["kwargs"]:
-                # before the discrete site: one draw, shared by its values
+            if self.site is None and self.num_discrete and not msg["args"] and not msg["kwargs"]:
+                # before the discrete site: one draw, shared by its values (they are drawn from one distribution);
+                # a guide without a discrete site keeps one draw per particle
                 value = fn.rsample()
                 j = self.particle_index(fn.batch_shape)
                 msg["value"] = value.narrow(j, 0, 1).expand(value.shape)
@@ -107,6 +122,7 @@ class SetSampler(Sampler):
                 suggest=True,
             )
         self.site = name
+        self.sites.append(name)
         log_p = self._compact_log_probs(fn, name)  # batch' + (K, C)
         index, self.log_p, self.log_rest = self.draw_set(log_p, name)
         if index.shape[0] < self.num:  # the whole support: the other particles repeat a value, weight zero
@@ -159,7 +175,52 @@ class UnorderedSetSampler(SetSampler):
     one latent and by stochastic beam search over the joint support of a
     ``.to_event`` site [2]; weights :math:`p(s)R(S,s)` and the built-in
     baseline's :math:`B_{ss'} = p(s')R^{D\\setminus\\{s\\}}(S, s')` [1].
+    A guide with several discrete sites gets ``k`` distinct joint sequences
+    of them, by a stochastic beam search across the sites
+    (:class:`~pyro_discrete.beam.SequenceBeams`, run in :meth:`prepare`).
     """
+
+    def __init__(self, elbo):
+        super().__init__(elbo)
+        #: the beam search across sites of a guide with several discrete sites (``None`` for one)
+        self.beams = None
+
+    def prepare(self, guide, step):
+        from .beam import SequenceBeams
+
+        super().prepare(guide, step)
+        if self.num_discrete < 2:
+            return
+        self.beams = SequenceBeams(self.elbo, self.num)
+        self.beams.search(guide, step.args, step.kwargs, self.num_discrete)
+        beams = self.beams
+        log_p = beams.phi
+        if log_p.shape[0] < self.num:  # the whole joint support: the other particles repeat a value, weight zero
+            pad = self.num - log_p.shape[0]
+            log_p = torch.cat([log_p, log_p.new_full((pad,) + log_p.shape[1:], -math.inf)])
+        self.log_p, self.log_rest = log_p, beams.discarded
+
+    def draw(self, msg):
+        if self.beams is None:
+            return super().draw(msg)
+        name, fn = msg["name"], msg["fn"]
+        if name in self.beams.shared:
+            msg["value"] = self.beams.shared[name]
+        elif name in self.beams.values:
+            msg["value"] = self.beams.site_value(name, fn)
+            if self.site is None:
+                self.site = name
+            self.sites.append(name)
+        elif site_kind(fn) in (BERNOULLI, CATEGORICAL, ONEHOT):
+            raise EstimatorError(
+                self.elbo,
+                "guide site '{}' was not among the discrete sites {} of the guide's earlier runs; the sequences "
+                "are drawn over a fixed set of sites (declare every site on every run, masking the ones a run "
+                "does not use).".format(name, ", ".join("'{}'".format(n) for n in self.beams.order)),
+                sites=(name,),
+                requirement="fixed_discrete_sites",
+                suggest=lambda e: e.cost == "particles",
+            )
 
     def draw_set(self, log_p, name):
         K, C = log_p.shape[-2:]
@@ -187,12 +248,29 @@ class WeightedSamples(Surrogate):
     docstring), for the samplers of this module and of sum-and-sample.
     """
 
-    assumes = frozenset([SINGLE_SITE, LEFT_DIMS, PER_ELEMENT])
-
     site_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS])
 
-    def __init__(self):
+    def check_structure(self, structure, names=None):
+        failure = super().check_structure(structure, names)
+        if failure is not None or SINGLE_SITE in self.assumes:
+            return failure
+        from .beam import SAME_PLATES
+
+        sites = [s for n, s in structure.sites.items() if names is None or n in names]
+        for s in sites[1:]:
+            if s.frames != sites[0].frames:
+                message = (
+                    "guide sites '{}' and '{}' are in different plates; the distinct sequences of the discrete "
+                    "sites are chosen per element of their plates, so every discrete site must be in the same "
+                    "plates.".format(sites[0].name, s.name)
+                )
+                return (sites[0].name, s.name), SAME_PLATES, message
+        return None
+
+    def __init__(self, single_site=True):
         self.checked = StructureChecks()
+        #: the structural assumptions: one discrete site (sum-and-sample), or any number in the same plates
+        self.assumes = frozenset([SINGLE_SITE, LEFT_DIMS, PER_ELEMENT] if single_site else [LEFT_DIMS, PER_ELEMENT])
 
     def bind(self, elbo):
         if not elbo.vectorize_particles:
@@ -223,7 +301,8 @@ class WeightedSamples(Surrogate):
             f = sampler.to_front(cost, batch_shape)
             b = (baseline * f.unsqueeze(0)).sum(1)
             centered = sampler.to_site(weights * (f - b), batch_shape).detach()
-            surrogate = surrogate + (site["score_parts"].score_function * centered).sum()
+            score = sum(pair.guide_trace.nodes[name]["score_parts"].score_function for name in sampler.sites)
+            surrogate = surrogate + (score * centered).sum()
         return surrogate
 
     def _weighted_elbo(self, particles, which, detach=False):
@@ -266,7 +345,7 @@ class WeightedSamples(Surrogate):
             target = _frames(pair.guide_trace.nodes[sampler.site])
             for trace in (pair.model_trace, pair.guide_trace):
                 for name, node in sample_sites(trace):
-                    if target <= _frames(node) or sampler.site not in get_provenance(node["log_prob"]):
+                    if target <= _frames(node) or not set(sampler.sites) & get_provenance(node["log_prob"]):
                         continue
                     raise EstimatorError(
                         sampler.elbo,
@@ -283,6 +362,17 @@ class WeightedSamples(Surrogate):
 
     def jit_unsupported(self):
         return "the first step of a model checks its structure by provenance tracking, which cannot be traced."
+
+
+def _count_discrete_sites(guide, args, kwargs):
+    """The number of discrete latent sites of one run of ``guide`` (random state kept)."""
+    from pyro import poutine
+
+    from .util import preserved_rng
+
+    with preserved_rng(), torch.no_grad(), poutine.block():
+        trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    return sum(1 for _, site in sample_sites(trace) if not site["is_observed"] and site_kind(site["fn"]) != CONTINUOUS)
 
 
 def _frames(site):
@@ -325,11 +415,15 @@ class UnorderedSetELBO(DiscreteELBO):
     :mod:`pyro_discrete.gumbel`, in log space and float64: finite for logits
     up to :math:`\pm 30` in float32.
 
-    Supported: one discrete guide site (Bernoulli, Categorical or
+    Supported: discrete guide sites (Bernoulli, Categorical or
     OneHotCategorical, ``.to_event`` included) in any plates, subsampling
-    included, with reparameterizable continuous sites before it (drawn once,
-    shared by its ``k`` values) and after it (drawn per value). Several
-    discrete sites are an error that names them.
+    included, with reparameterizable continuous sites before them (drawn
+    once, shared by the ``k`` values) and after them (drawn per value).
+    Several discrete sites, each possibly depending on the earlier ones, get
+    ``k`` distinct joint values by a stochastic beam search across them in
+    guide order (:class:`~pyro_discrete.beam.SequenceBeams`: one partial
+    guide run per site, without gradients, before the step); they must be in
+    the same plates, else an error names them.
 
     :param int num_samples: ``k``, the number of distinct values (the
         particles; the model runs once on all of them, vectorized).
@@ -349,7 +443,12 @@ class UnorderedSetELBO(DiscreteELBO):
             num_samples = kwargs.pop("num_particles")
         if not isinstance(num_samples, int) or num_samples < 1:
             raise EstimatorError(self, "num_samples must be a positive integer, got {!r}".format(num_samples))
-        super().__init__(num_particles=num_samples, sampler=UnorderedSetSampler, surrogate=WeightedSamples(), **kwargs)
+        super().__init__(
+            num_particles=num_samples,
+            sampler=UnorderedSetSampler,
+            surrogate=WeightedSamples(single_site=False),
+            **kwargs,
+        )
         if num_samples == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1  # a given bound: ELBO adds the particle dim for two or more only
 

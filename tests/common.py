@@ -55,6 +55,8 @@ class Family:
     # between particles, which estimators that couple the particles' draws of such sites refuse
     bernoulli_parent: bool = False
     categorical_parent: bool = False
+    # every discrete guide site in the same plates (what a set drawn across sites needs)
+    discrete_same_plates: bool = True
 
 
 def coupled_kinds(entry):
@@ -76,6 +78,7 @@ def applicable(entry, family):
         family.kinds <= entry.site_kinds
         and (entry.guide_dependencies or not family.discrete_dependency)
         and not refuses_coupled_parent(entry, family)
+        and (entry.cost != "set" or family.discrete_same_plates)
         and (not entry.single_site or family.discrete_sites <= 1)
     )
 
@@ -142,6 +145,7 @@ def _global_bernoulli_local_categorical():
         kinds=frozenset(["bernoulli", "categorical"]),
         discrete_dependency=True,
         categorical_parent=True,
+        discrete_same_plates=False,
         discrete_sites=2,
     )
 

@@ -36,6 +36,13 @@ PASS, ERROR = "works", "clear error"
 MIXES = "vectorize_particles=False only"
 
 
+def _discrete_sites_share_plates(structure):
+    from pyro_discrete.structure import analyze
+
+    frames = {s.frames for s in analyze(structure.model, structure.guide, structure.args).sites.values()}
+    return len(frames) <= 1
+
+
 def predict(structure, entry, vectorize=True):
     """``(outcome, regex of the error or None)`` the registry and the structure predict."""
     if structure.mixes_particles and vectorize and entry.particles > 1 and entry.cost == "particles":
@@ -59,6 +66,8 @@ def predict(structure, entry, vectorize=True):
         return ERROR, "different scales|subsampled"
     if entry.single_site and structure.discrete_sites > 1:
         return ERROR, "several discrete sites"
+    if entry.cost == "set" and structure.discrete_sites > 1 and not _discrete_sites_share_plates(structure):
+        return ERROR, "in different plates"
     if structure.discrete_dependency and not entry.guide_dependencies:
         return ERROR, "depends on the value of (the )?discrete guide site"
     if refuses_coupled_parent(entry, structure):

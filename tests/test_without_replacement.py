@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pyro_discrete import ExpectELBO
+from pyro_discrete.errors import EstimatorError
 from pyro_discrete.gumbel import gumbel_top_k, inclusion_log_ratios, stochastic_beam_search, top_k_joint
 from pyro_discrete.sum_and_sample import SumAndSampleELBO
 from pyro_discrete.unordered_set import UnorderedSetELBO
@@ -224,11 +225,15 @@ def test_float32_extreme_logits_near_the_support_size(make):
 
 
 def test_several_discrete_sites_are_an_error_naming_them():
+    # sum-and-sample takes one discrete site; the unordered set estimator takes several in the same plates, and
+    # here the global 'g' and the local 'z' are not (tests/test_beam.py has the sequences it takes)
     family = make_family("global_bernoulli_local_categorical")
     init_params(family)
-    for elbo in (UnorderedSetELBO(), SumAndSampleELBO()):
-        with pytest.raises(NotImplementedError, match=r"several discrete sites \('g' and 'z'\)"):
-            elbo.loss(family.model, family.guide, *family.args)
+    with pytest.raises(NotImplementedError, match=r"several discrete sites \('g' and 'z'\)"):
+        SumAndSampleELBO().loss(family.model, family.guide, *family.args)
+    with pytest.raises(EstimatorError) as info:
+        UnorderedSetELBO().loss(family.model, family.guide, *family.args)
+    assert info.value.requirement == "discrete_sites_in_the_same_plates" and info.value.sites == ("g", "z")
 
 
 def test_looped_particles_are_refused():
@@ -249,3 +254,32 @@ def _step(elbo, family):
     from pyro_discrete.elbo import Step
 
     return Step(elbo, family.model, family.guide, family.args, {}, False)
+
+
+def test_a_guide_without_discrete_sites_keeps_one_draw_per_sample():
+    # continuous sites are shared by the k values only upstream of a discrete site; with none, each of the k
+    # particles draws its own (before: one shared draw, the variance of one sample whatever k)
+    from pyro.infer import Trace_ELBO
+
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.7))
+
+    def guide():
+        pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.2)), 0.8))
+
+    spreads = {}
+    for label, elbo in [
+        ("unordered", UnorderedSetELBO(num_samples=50)),
+        ("trace", Trace_ELBO(num_particles=50, vectorize_particles=True)),
+    ]:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        grads = []
+        for _ in range(200):
+            guide()
+            m = pyro.param("m").unconstrained()
+            (grad,) = torch.autograd.grad(elbo.differentiable_loss(model, guide), m)
+            grads.append(grad)
+        spreads[label] = torch.stack(grads).std().item()
+    assert spreads["unordered"] < 1.5 * spreads["trace"], spreads

@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: Apache-2.0
+r"""
+Sampling without replacement across a sequence of guide sites: a stochastic
+beam search over the joint values of every discrete guide site, in guide
+order, for the unordered set estimator.
+
+A guide whose discrete sites :math:`z_1, \dots, z_T` may each depend on the
+earlier ones defines :math:`q(z) = \prod_t q(z_t \mid z_{<t})`. ``k`` distinct
+joint values per plate element are drawn by the Gumbel-top-k trick on that
+tree without listing it [1]: the beams are the particles; to extend them by
+site :math:`t` the guide is run again (without gradients) with the beams'
+prefixes as the values of the earlier sites, so that site :math:`t`'s
+distribution given each prefix is the guide's own, and each beam's children
+get Gumbel perturbations conditioned on their parent's. The latents of a
+``.to_event`` site are extended one at a time (they are independent given
+the prefix). So ``T`` discrete sites cost ``T`` partial guide runs before
+the step's one run of guide and model on the ``k`` sequences, and the
+arithmetic is ``k`` times the number of values of each latent per latent.
+Nothing of this runs the model.
+
+What it records is what :class:`~pyro_discrete.unordered_set.UnorderedSetSampler`
+records for one site: the joint log-probabilities of the ``k`` sequences and
+the log of the probability it left out, from which the weights and the
+built-in baseline follow.
+
+Requirements, each an :class:`~pyro_discrete.errors.EstimatorError` naming
+the sites: every discrete guide site in the same plates (the beams are chosen
+per element of those plates, so a site in fewer plates could not follow
+them); no reparameterizable guide site between two discrete ones (it would be
+drawn again in every partial run). Reparameterizable sites before the first
+discrete site are drawn once and shared by the ``k`` sequences; those after
+the last are drawn per sequence.
+
+**References**
+
+[1] `Stochastic Beams and Where to Find Them: The Gumbel-Top-k Trick for
+Sampling Sequences Without Replacement`, Wouter Kool, Herke van Hoof,
+Max Welling (ICML 2019)
+"""
+
+import math
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import NonlocalExit
+
+from .errors import EstimatorError
+from .gumbel import _conditional_gumbel, _log_rest
+from .structure import PARTICLE_PLATE
+from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, is_sampled, latent_shape, site_kind, site_logits
+
+__all__ = ["SequenceBeams", "SAME_PLATES"]
+
+#: the requirement that every discrete guide site of a set drawn across sites is in the same plates
+SAME_PLATES = "discrete_sites_in_the_same_plates"
+
+
+def _frames(msg):
+    # the plates that hold more than one element (the particles' own excluded)
+    return tuple(
+        sorted(
+            (f.name, f.dim, f.size)
+            for f in msg["cond_indep_stack"]
+            if f.vectorized and f.dim is not None and f.size > 1 and f.name != PARTICLE_PLATE
+        )
+    )
+
+
+class _Prefixes(Messenger):
+    """
+    Sets the decided discrete sites to the beams' values, replays the shared
+    continuous draws, and stops the guide at the first undecided discrete site,
+    keeping its message.
+    """
+
+    def __init__(self, beams):
+        super().__init__()
+        self.beams = beams
+        self.stopped = None
+
+    def _pyro_sample(self, msg):
+        if not is_sampled(msg):
+            return
+        name, kind = msg["name"], site_kind(msg["fn"])
+        beams = self.beams
+        if kind == CONTINUOUS:
+            if name in beams.shared:
+                msg["value"] = beams.shared[name]
+            elif beams.order:
+                raise EstimatorError(
+                    beams.elbo,
+                    "guide site '{}' is drawn between the discrete sites {} and the next one; the distinct "
+                    "sequences of the discrete sites are drawn by running the guide once per site, which would "
+                    "draw '{}' again each time. Draw it before the first discrete site or after the last.".format(
+                        name, ", ".join("'{}'".format(n) for n in beams.order), name
+                    ),
+                    sites=tuple(beams.order) + (name,),
+                    requirement="no_continuous_between_discrete",
+                    suggest=lambda e: e.cost == "particles",
+                )
+            else:  # before the first discrete site: one draw, shared by every sequence
+                value = msg["fn"].sample()
+                j = len(msg["fn"].batch_shape) - beams.plate_nesting
+                value = value.narrow(j, 0, 1).expand(value.shape)
+                beams.shared[name] = value
+                msg["value"] = value
+            return
+        if kind not in (BERNOULLI, CATEGORICAL, ONEHOT):
+            return
+        if name in beams.values:
+            msg["value"] = beams.site_value(name, msg["fn"])
+            return
+        self.stopped = msg
+        raise NonlocalExit(msg)
+
+
+class SequenceBeams:
+    """
+    The stochastic beam search over the discrete sites of one guide (see the
+    module's docstring), per element of their plates, with ``k`` beams laid
+    out along the particle dim.
+
+    :ivar list order: the discrete sites, in guide order.
+    :ivar dict values: site -> the beams' values, ``(B,) + batch + latents`` (front layout, ``B <= k`` beams).
+    :ivar phi: the beams' joint log-probabilities, ``(B,) + batch``.
+    :ivar discarded: the log of the probability of the prefixes left out, ``batch``.
+    """
+
+    def __init__(self, elbo, num):
+        self.elbo = elbo
+        self.num = num
+        self.plate_nesting = elbo.max_plate_nesting
+        self.order, self.values, self.shared = [], {}, {}
+        self.frames = None
+        self.phi = self.gumbel = self.discarded = None
+
+    def site_value(self, name, fn):
+        """The value of a decided site for the guide: its beams along the particle dim (padded to ``k`` rows)."""
+        value = self.values[name]
+        if value.shape[0] < self.num:
+            value = torch.cat([value, value[:1].expand((self.num - value.shape[0],) + value.shape[1:])])
+        kind = site_kind(fn)
+        j = len(fn.batch_shape) - self.plate_nesting
+        value = value.movedim(0, j)
+        logits = site_logits(fn)
+        if kind == ONEHOT:
+            return torch.nn.functional.one_hot(value, logits.shape[-1]).to(logits.dtype)
+        if kind == BERNOULLI:
+            return value.to(logits.dtype)
+        return value
+
+    def search(self, guide, args, kwargs, num_sites=None):
+        """
+        Runs the guide once per discrete site, extending the beams by it, until
+        ``num_sites`` sites are extended (or, if not given, no site is left).
+        """
+        while num_sites is None or len(self.order) < num_sites:
+            prefixes = _Prefixes(self)
+            with torch.no_grad(), poutine.block():
+                try:
+                    prefixes(guide)(*args, **kwargs)
+                except NonlocalExit:
+                    pass
+            msg = prefixes.stopped
+            if msg is None:
+                return
+            self._extend(msg)
+
+    def _extend(self, msg):
+        fn, name = msg["fn"], msg["name"]
+        frames = _frames(msg)
+        if self.frames is None:
+            self.frames = frames
+        elif frames != self.frames:
+            first = self.order[0]
+            raise EstimatorError(
+                self.elbo,
+                "guide sites '{}' and '{}' are in different plates ({} and {}); the distinct sequences of "
+                "the discrete sites are chosen per element of their plates, so every discrete site must be in "
+                "the same plates.".format(first, name, _describe(self.frames), _describe(frames)),
+                sites=(first, name),
+                requirement=SAME_PLATES,
+                suggest=lambda e: e.cost != "set",
+            )
+        kind = site_kind(fn)
+        logits = site_logits(fn).detach()
+        if kind == BERNOULLI:
+            logits = torch.stack([-logits, logits], -1) / 2
+        log_p = logits.log_softmax(-1)
+        j = len(fn.batch_shape) - self.plate_nesting
+        log_p = log_p.movedim(j, 0)  # (k,) + batch + latents + (C,)
+        latents = latent_shape(fn)
+        batch = log_p.shape[1 : log_p.dim() - len(latents) - 1]
+        num_categories = log_p.shape[-1]
+        if self.phi is None:  # the first site: one root beam
+            log_p = log_p[:1]
+            self.phi = log_p.new_zeros((1,) + batch)
+            self.gumbel = log_p.new_zeros((1,) + batch)
+            self.discarded = log_p.new_full(batch, -math.inf)
+        else:
+            log_p = log_p[: self.phi.shape[0]]
+        log_p = log_p.reshape(log_p.shape[: 1 + len(batch)] + (-1, num_categories))  # (B,) + batch + (L, C)
+        chosen = log_p.new_zeros(log_p.shape[: 1 + len(batch)] + (0,), dtype=torch.long)
+        for latent in range(log_p.shape[-2]):
+            beams = self.phi.shape[0]
+            child_phi = self.phi.unsqueeze(-1) + log_p[..., latent, :]  # (B,) + batch + (C,)
+            child_g = _conditional_gumbel(child_phi, self.gumbel.unsqueeze(-1))
+            flat_phi = child_phi.movedim(0, -2).reshape(batch + (beams * num_categories,))
+            flat_g = child_g.movedim(0, -2).reshape(batch + (beams * num_categories,))
+            keep = min(self.num, beams * num_categories)
+            _, top = flat_g.topk(keep, dim=-1)  # batch + (keep,)
+            picked = torch.zeros_like(flat_g, dtype=torch.bool).scatter(-1, top, True)
+            self.discarded = torch.logaddexp(self.discarded, _log_rest(flat_phi, picked))
+            parent = top.div(num_categories, rounding_mode="floor").movedim(-1, 0)  # (keep,) + batch
+            category = top.remainder(num_categories).movedim(-1, 0)
+            self.phi = flat_phi.gather(-1, top).movedim(-1, 0)
+            self.gumbel = flat_g.gather(-1, top).movedim(-1, 0)
+            log_p = _gather_beams(log_p, parent)
+            chosen = torch.cat([_gather_beams(chosen, parent), category.unsqueeze(-1)], -1)
+            for other in self.order:
+                self.values[other] = _gather_beams(self.values[other], parent)
+        self.order.append(name)
+        self.values[name] = chosen.reshape(chosen.shape[: 1 + len(batch)] + latents)
+
+
+def _gather_beams(tensor, parent):
+    """``tensor`` ``(B,) + batch + rest`` re-indexed along the beams by ``parent`` ``(B',) + batch``."""
+    rest = tensor.dim() - parent.dim()
+    index = parent.reshape(parent.shape + (1,) * rest).expand(parent.shape + tensor.shape[parent.dim() :])
+    return tensor.gather(0, index)
+
+
+def _describe(frames):
+    return "none" if not frames else ", ".join("'{}' (dim {}, size {})".format(*f) for f in frames)
