@@ -219,6 +219,11 @@ def write(rows, out):
         "variance / draws). `python benchmarks/variance.py`; see its docstring for the settings. The "
         "sampling-without-replacement estimators (unordered, sum_and_sample) run at budgets up to {} only "
         "(their cost grows as k squared).".format(SET_BUDGET_MAX),
+        "",
+        "*ms per step* is one timing of three unbatched steps in the measuring process, and other jobs may have "
+        "shared the cores: it is not a comparison of speed (`benchmarks/run_benchmarks.py` and "
+        "`benchmarks/leaderboard.py` measure time per step). The variances and biases come from fixed seeds and "
+        "one process per setting: rows of one setting are at the same parameters.",
     ]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         lines += [

@@ -35,6 +35,7 @@ INCLUDED_RESULTS = [
     "examples/toys",
     "examples/concrete_shapes",
     "examples/air",
+    "examples/sequence",
     "air_vectorized",
 ]
 
@@ -48,6 +49,7 @@ COMMAND_OVERRIDES = {
     "introduction": "python examples/introduction.py",
     "toys": "python examples/toys.py --draws 2000 --grid 2,4,16,64,256,1024",
     "concrete_shapes": "python examples/concrete_shapes.py",
+    "sequence": "python examples/sequence.py",
     "air": "python examples/air.py --steps 5000 (and --elbo tracegraph)",
     "random_structures_per_site": "python benchmarks/random_structures.py --seeds 0:300 --estimators auto,mix "
     "--no-control --out benchmarks/results/random_structures_per_site",

@@ -162,17 +162,15 @@ class CARMSSampler(CopulaSampler):
         probs = first.squeeze(j).softmax(-1)
         index = copula_categorical_draws(probs, self.num)  # (n,) + batch' + latents
         joint = copula_pair_probabilities(probs, self.num)
-        p64 = probs.to(torch.float64)
-        zi, zj = index.unsqueeze(1), index.unsqueeze(0)  # (n, 1, ...), (1, n, ...)
-        expand = (self.num, self.num) + index.shape[1:]
-        qa = p64.unsqueeze(0).unsqueeze(0).expand(expand + p64.shape[-1:]).gather(-1, zi.expand(expand).unsqueeze(-1))
-        qb = p64.unsqueeze(0).unsqueeze(0).expand(expand + p64.shape[-1:]).gather(-1, zj.expand(expand).unsqueeze(-1))
-        rows = joint.unsqueeze(0).unsqueeze(0).expand(expand + joint.shape[-2:])
-        pair = rows.gather(-2, zi.expand(expand).unsqueeze(-1).unsqueeze(-1).expand(expand + (1, joint.shape[-1])))
-        pair = pair.squeeze(-2).gather(-1, zj.expand(expand).unsqueeze(-1)).squeeze(-1)
+        num_categories = probs.shape[-1]
+        q = probs.to(torch.float64).unsqueeze(0).expand((self.num,) + probs.shape)  # views: nothing copied
+        q = q.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (n,) + batch' + latents: q(z_i)
+        pair_index = index.unsqueeze(1) * num_categories + index.unsqueeze(0)  # (n, n, ...): z_i * C + z_j
+        flat = joint.flatten(-2).unsqueeze(0).unsqueeze(0).expand(pair_index.shape + (num_categories**2,))
+        pair = flat.gather(-1, pair_index.unsqueeze(-1)).squeeze(-1)  # P(z_i, z_j)
         diagonal = torch.eye(self.num, dtype=torch.bool, device=index.device)
         diagonal = diagonal.reshape((self.num, self.num) + (1,) * (index.dim() - 1))
-        weights = (qa.squeeze(-1) * qb.squeeze(-1) / pair).masked_fill(diagonal, 0.0)
+        weights = (q.unsqueeze(1) * q.unsqueeze(0) / pair).masked_fill(diagonal, 0.0)
         self.pair_weights[name] = weights.to(logits.dtype)
         value = index.movedim(0, j)
         if kind == ONEHOT:
