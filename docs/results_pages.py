@@ -44,6 +44,10 @@ COMMAND_OVERRIDES = {
     "grid_jit": "python benchmarks/run_benchmarks.py --estimators jit --varied base,batch --rounds 15 --out grid_jit",
     "grid_jit_summary": "python benchmarks/run_benchmarks.py --estimators jit --varied base,batch --rounds 15 "
     "--out grid_jit",
+    "grid_new_estimators": "python benchmarks/run_benchmarks.py --estimators loo,arsm,coupled_disarm,arms,carms,"
+    "gumbel_rao,gst --varied base,batch --out grid_new_estimators",
+    "grid_new_estimators_summary": "python benchmarks/run_benchmarks.py --estimators loo,arsm,coupled_disarm,arms,"
+    "carms,gumbel_rao,gst --varied base,batch --out grid_new_estimators",
     "tutorial_mnist": "python examples/discrete_vae.py --data mnist --data-dir ../shared/data/mnist --binarize none "
     "--epochs 5 --estimator loo --particles 10",
     "introduction": "python examples/introduction.py",
@@ -68,6 +72,8 @@ TITLES = {
     "grid_summary": "Benchmark grid: summary",
     "grid_jit": "Benchmark grid, compiled (``jit_compile=True``)",
     "grid_jit_summary": "Benchmark grid, compiled: summary",
+    "grid_new_estimators": "Benchmark grid: ARMS, CARMS, coupled DisARM and GST next to leave-one-out (one run)",
+    "grid_new_estimators_summary": "Benchmark grid: ARMS, CARMS, coupled DisARM and GST (summary)",
     "refactor_grid_after": "Benchmark grid after the estimator contract",
     "refactor_grid_before": "Benchmark grid before the estimator contract",
     "svi_overhead_b64": "What ``SVI.step`` adds (batch 64)",
