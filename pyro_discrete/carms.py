@@ -53,7 +53,13 @@ from .elbo import DiscreteELBO
 from .errors import EstimatorError
 from .util import BERNOULLI, CATEGORICAL, ONEHOT, latent_shape, site_kind, site_logits
 
-__all__ = ["CARMSELBO", "CARMSSampler", "CategoricalCopulaScore", "copula_pair_probabilities"]
+__all__ = [
+    "CARMSELBO",
+    "CARMSSampler",
+    "CategoricalCopulaScore",
+    "copula_pair_probabilities",
+    "pair_probabilities_at",
+]
 
 #: the most float64 entries the pair probabilities of one chunk of orders may take
 _CHUNK_ENTRIES = 2**24
@@ -80,13 +86,26 @@ def copula_pair_probabilities(probs, num):
     :func:`CARMSSampler`'s construction, for probabilities ``probs``
     ``(..., C)``, in float64 (the diagonal included).
     """
+    num_categories = probs.shape[-1]
+    grid = torch.arange(num_categories, device=probs.device)
+    a = grid.repeat_interleave(num_categories).expand(probs.shape[:-1] + (num_categories**2,))
+    b = grid.repeat(num_categories).expand(probs.shape[:-1] + (num_categories**2,))
+    return pair_probabilities_at(probs, num, a, b).unflatten(-1, (num_categories, num_categories))
+
+
+def pair_probabilities_at(probs, num, a, b):
+    """
+    ``(..., m)``: :math:`P(z_i = a, z_j = b)` (see :func:`copula_pair_probabilities`)
+    at the category pairs ``a``, ``b`` (``(..., m)`` indices), in float64:
+    only the pairs a step draws, :math:`O(|\\Pi|(C + m))` per latent.
+    """
     p = probs.detach().to(torch.float64)
     num_categories = p.shape[-1]
     orders = _orders(num_categories, p.device)  # (P, C)
     inverse = orders.argsort(-1)  # (P, C): the position of each category
-    batch = p.shape[:-1]
-    total = p.new_zeros(batch + (num_categories, num_categories))
-    chunk = max(1, _CHUNK_ENTRIES // max(1, p[..., 0].numel() * num_categories**2))
+    batch, m = p.shape[:-1], a.shape[-1]
+    total = p.new_zeros(batch + (m,))
+    chunk = max(1, _CHUNK_ENTRIES // max(1, p[..., 0].numel() * max(num_categories, m)))
     for start in range(0, len(orders), chunk):
         order, position = orders[start : start + chunk], inverse[start : start + chunk]
         permuted = p.unsqueeze(-2).expand(batch + order.shape).gather(-1, order.expand(batch + order.shape))
@@ -94,15 +113,17 @@ def copula_pair_probabilities(probs, num):
         right = right / right[..., -1:]  # exactly 1 at the end
         right = right.gather(-1, position.expand(batch + position.shape))  # back in category order
         left = (right - p.unsqueeze(-2)).clamp(min=0)
-        ra, rb = right.unsqueeze(-1), right.unsqueeze(-2)
-        la, lb = left.unsqueeze(-1), left.unsqueeze(-2)
+        at_a = a.unsqueeze(-2).expand(batch + (len(order), m))
+        at_b = b.unsqueeze(-2).expand(batch + (len(order), m))
+        ra, rb = right.gather(-1, at_a), right.gather(-1, at_b)
+        la, lb = left.gather(-1, at_a), left.gather(-1, at_b)
         rectangle = (
             _bivariate_cdf(ra, rb, num)
             - _bivariate_cdf(la, rb, num)
             - _bivariate_cdf(ra, lb, num)
             + _bivariate_cdf(la, lb, num)
         )
-        total = total + rectangle.clamp(min=0).sum(-3)
+        total = total + rectangle.clamp(min=0).sum(-2)
     return total / len(orders)
 
 
@@ -161,13 +182,12 @@ class CARMSSampler(CopulaSampler):
             )
         probs = first.squeeze(j).softmax(-1)
         index = copula_categorical_draws(probs, self.num)  # (n,) + batch' + latents
-        joint = copula_pair_probabilities(probs, self.num)
-        num_categories = probs.shape[-1]
         q = probs.to(torch.float64).unsqueeze(0).expand((self.num,) + probs.shape)  # views: nothing copied
         q = q.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (n,) + batch' + latents: q(z_i)
-        pair_index = index.unsqueeze(1) * num_categories + index.unsqueeze(0)  # (n, n, ...): z_i * C + z_j
-        flat = joint.flatten(-2).unsqueeze(0).unsqueeze(0).expand(pair_index.shape + (num_categories**2,))
-        pair = flat.gather(-1, pair_index.unsqueeze(-1)).squeeze(-1)  # P(z_i, z_j)
+        shape = (self.num, self.num) + index.shape[1:]
+        a = index.unsqueeze(1).expand(shape).flatten(0, 1).movedim(0, -1)  # batch' + latents + (n * n,)
+        b = index.unsqueeze(0).expand(shape).flatten(0, 1).movedim(0, -1)
+        pair = pair_probabilities_at(probs, self.num, a, b).movedim(-1, 0).unflatten(0, (self.num, self.num))
         diagonal = torch.eye(self.num, dtype=torch.bool, device=index.device)
         diagonal = diagonal.reshape((self.num, self.num) + (1,) * (index.dim() - 1))
         weights = (q.unsqueeze(1) * q.unsqueeze(0) / pair).masked_fill(diagonal, 0.0)
