@@ -23,7 +23,7 @@ WHEN = {
     "arms": "Bernoulli sites that depend on no other sampled guide site: DisARM's antithetic coupling for any "
     "number of particles, no extra model evaluations.",
     "carms": "Categorical sites that depend on no other sampled guide site: ARMS's coupling for categories, "
-    "no extra model evaluations; its pair probabilities cost O(C^4) per latent.",
+    "no extra model evaluations; its pair probabilities cost O(C^2 (C + n^2)) per latent.",
     "indecater": "A few latents per site: every category of every latent is evaluated (half leave-one-out's "
     "variance at equal evaluations with 2 x 10 latents; with 20 x 10 the K(C-1) evaluations cost more).",
     "rebar": "Bernoulli or one-hot sites in a model that accepts relaxed values: a learned control variate "
