@@ -28,8 +28,9 @@ the sites: every discrete guide site in the same plates (the beams are chosen
 per element of those plates, so a site in fewer plates could not follow
 them); no reparameterizable guide site between two discrete ones (it would be
 drawn again in every partial run). Reparameterizable sites before the first
-discrete site are drawn once and shared by the ``k`` sequences; those after
-the last are drawn per sequence.
+discrete site are drawn once (in the first partial run, with their graph, so
+that they keep their pathwise gradient) and shared by the ``k`` sequences;
+those after the last are drawn per sequence.
 
 **References**
 
@@ -99,8 +100,8 @@ class _Prefixes(Messenger):
                     requirement="no_continuous_between_discrete",
                     suggest=lambda e: e.cost == "particles",
                 )
-            else:  # before the first discrete site: one draw, shared by every sequence
-                value = msg["fn"].sample()
+            else:  # before the first discrete site: one draw with its graph (pathwise), shared by every sequence
+                value = msg["fn"].rsample()
                 j = len(msg["fn"].batch_shape) - beams.plate_nesting
                 value = value.narrow(j, 0, 1).expand(value.shape)
                 beams.shared[name] = value
@@ -157,7 +158,9 @@ class SequenceBeams:
         """
         while num_sites is None or len(self.order) < num_sites:
             prefixes = _Prefixes(self)
-            with torch.no_grad(), poutine.block():
+            # the first run draws the shared continuous sites, whose values keep their graph for the step's
+            # pathwise gradient; the runs after it only read distributions
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.order), poutine.block():
                 try:
                     prefixes(guide)(*args, **kwargs)
                 except NonlocalExit:
