@@ -43,11 +43,12 @@ Zhe Dong, Andriy Mnih, George Tucker (NeurIPS 2020)
 import torch
 import torch.nn.functional as F
 
+from .baselines import LeaveOneOutBaseline
 from .elbo import DiscreteELBO, Surrogate
 from .errors import EstimatorError
 from .samplers import IIDSampler
 from .structure import LEFT_DIMS, check_assumptions
-from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, latent_shape, site_kind, site_logits
+from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, latent_shape, site_kind, site_logits, site_masks
 
 __all__ = ["ARMSELBO", "AntitheticScore", "CopulaSampler", "dirichlet_copula_draws", "dirichlet_copula_factor"]
 
@@ -121,31 +122,42 @@ class CopulaSampler(IIDSampler):
             return super().draw(msg)
         if self.coupled is not None and not self.coupled(name):
             return super().draw(msg)
-        logits = site_logits(fn)
+        first, j = self.first_particle(msg, "ARMS", "Bernoulli")
+        msg["value"] = dirichlet_copula_draws(first.squeeze(j), self.num, j)
+        self.factors[name] = dirichlet_copula_factor(first, self.num)
+
+    def first_particle(self, msg, method, kind):
+        """
+        ``(logits, j)``: the site's logits (detached) at the first particle,
+        along its particles' dim ``j`` (kept, of size one), after checking that
+        every particle has the same; an error naming the site otherwise.
+        """
+        fn, name = msg["fn"], msg["name"]
+        logits = site_logits(fn).detach()
         j = len(fn.batch_shape) - self.plate_nesting
-        first = logits.detach().narrow(j, 0, 1)
-        if not torch.equal(logits.detach(), first.expand_as(logits)):
+        first = logits.narrow(j, 0, 1)
+        if not torch.equal(logits, first.expand_as(logits)):
             raise EstimatorError(
                 self.elbo,
                 "the distribution of guide site '{}' differs between particles: it depends on a site drawn per "
-                "particle. ARMS couples the particles' draws of one Bernoulli distribution; use it for sites "
-                "that depend on no other sampled guide site.".format(name),
+                "particle. {} couples the particles' draws of one {} distribution; use it for sites "
+                "that depend on no other sampled guide site.".format(name, method, kind),
                 sites=(name,),
                 requirement=SAME_DISTRIBUTION,
                 suggest=lambda e: not e.coupled_particles,
             )
-        msg["value"] = dirichlet_copula_draws(first.squeeze(j), self.num, j)
-        self.factors[name] = dirichlet_copula_factor(first, self.num)
+        return first, j
 
 
-def _site_masks(site):
-    masks = [] if site["mask"] is None else [site["mask"]]
-    fn = site["fn"]
-    while fn is not None:
-        if hasattr(fn, "_mask"):
-            masks.append(fn._mask)
-        fn = getattr(fn, "base_dist", None)
-    return masks
+_LEAVE_ONE_OUT = LeaveOneOutBaseline()
+
+
+def apply_masks(signal, site):
+    """``signal`` (the site's batch shape and latents) times the site's masks (of its batch shape)."""
+    extra = len(latent_shape(site["fn"]))
+    for mask in site_masks(site):
+        signal = signal * mask.reshape(mask.shape + (1,) * extra).to(signal.dtype)
+    return signal
 
 
 class AntitheticScore(Surrogate):
@@ -202,26 +214,24 @@ class AntitheticScore(Surrogate):
 
     def site_terms(self, particles, step, names, surrogate):
         """``surrogate`` plus the terms of the sites ``names`` (all: ``None``), summed over particles."""
-        factors = particles.pairs[0].sampler.factors
+        sampler = particles.pairs[0].sampler
         for score_site in particles.score_sites():
-            name = score_site.name
-            if names is not None and name not in names:
-                continue
-            cost, dim = score_site.cost, score_site.particle_dim
-            centered = (cost - (cost.sum(dim, keepdim=True) - cost) / (cost.size(dim) - 1)).detach()
-            if name not in factors:  # drawn independently: leave-one-out
-                surrogate = surrogate + (score_site.score * centered).sum()
-                continue
-            site = score_site.site
-            fn = site["fn"]
-            logits = site_logits(fn)
-            extra = len(latent_shape(fn))
-            log_q = -F.binary_cross_entropy_with_logits(logits, site["value"].expand_as(logits), reduction="none")
-            weight = centered.reshape(centered.shape + (1,) * extra) * factors[name]
-            for mask in _site_masks(site):
-                weight = weight * mask.reshape(mask.shape + (1,) * extra).to(weight.dtype)
-            surrogate = surrogate + (weight * log_q).sum()
+            if names is None or score_site.name in names:
+                surrogate = surrogate + self.site_term(score_site, sampler)
         return surrogate, lambda total: total
+
+    def site_term(self, score_site, sampler):
+        """The term of one site: ARMS for a coupled Bernoulli site, leave-one-out for one drawn independently."""
+        centered = (score_site.cost - _LEAVE_ONE_OUT(score_site)).detach()
+        factor = sampler.factors.get(score_site.name)
+        if factor is None:
+            return (score_site.score * centered).sum()
+        site = score_site.site
+        fn = site["fn"]
+        logits = site_logits(fn)
+        log_q = -F.binary_cross_entropy_with_logits(logits, site["value"].expand_as(logits), reduction="none")
+        weight = centered.reshape(centered.shape + (1,) * len(latent_shape(fn))) * factor
+        return (apply_masks(weight, site) * log_q).sum()
 
 
 class ARMSELBO(DiscreteELBO):

@@ -48,9 +48,8 @@ Estimator`, Aleksandar Dimitriev, Mingyuan Zhou (NeurIPS 2021)
 
 import torch
 
-from .arms import SAME_DISTRIBUTION, AntitheticScore, CopulaSampler, _site_masks
+from .arms import AntitheticScore, CopulaSampler, apply_masks
 from .elbo import DiscreteELBO
-from .errors import EstimatorError
 from .util import BERNOULLI, CATEGORICAL, ONEHOT, latent_shape, site_kind, site_logits
 
 __all__ = [
@@ -167,19 +166,7 @@ class CARMSSampler(CopulaSampler):
             return super().draw(msg)
         if self.categorical is not None and not self.categorical(name):
             return super().draw(msg)
-        logits = site_logits(fn)
-        j = len(fn.batch_shape) - self.plate_nesting
-        first = logits.detach().narrow(j, 0, 1)
-        if not torch.equal(logits.detach(), first.expand_as(logits)):
-            raise EstimatorError(
-                self.elbo,
-                "the distribution of guide site '{}' differs between particles: it depends on a site drawn per "
-                "particle. CARMS couples the particles' draws of one categorical distribution; use it for sites "
-                "that depend on no other sampled guide site.".format(name),
-                sites=(name,),
-                requirement=SAME_DISTRIBUTION,
-                suggest=lambda e: not e.coupled_particles,
-            )
+        first, j = self.first_particle(msg, "CARMS", "categorical")
         probs = first.squeeze(j).softmax(-1)
         index = copula_categorical_draws(probs, self.num)  # (n,) + batch' + latents
         q = probs.to(torch.float64).unsqueeze(0).expand((self.num,) + probs.shape)  # views: nothing copied
@@ -191,10 +178,10 @@ class CARMSSampler(CopulaSampler):
         diagonal = torch.eye(self.num, dtype=torch.bool, device=index.device)
         diagonal = diagonal.reshape((self.num, self.num) + (1,) * (index.dim() - 1))
         weights = (q.unsqueeze(1) * q.unsqueeze(0) / pair).masked_fill(diagonal, 0.0)
-        self.pair_weights[name] = weights.to(logits.dtype)
+        self.pair_weights[name] = weights.to(first.dtype)
         value = index.movedim(0, j)
         if kind == ONEHOT:
-            value = torch.nn.functional.one_hot(value, logits.shape[-1]).to(logits.dtype)
+            value = torch.nn.functional.one_hot(value, first.shape[-1]).to(first.dtype)
         msg["value"] = value
 
 
@@ -208,32 +195,21 @@ class CategoricalCopulaScore(AntitheticScore):
 
     coupled_kinds = frozenset([BERNOULLI, CATEGORICAL, ONEHOT])
 
-    def site_terms(self, particles, step, names, surrogate):
-        pair_weights = particles.pairs[0].sampler.pair_weights
-        own = [s.name for s in particles.score_sites() if s.name not in pair_weights]
-        own = own if names is None else [n for n in own if n in names]
-        surrogate, after = super().site_terms(particles, step, own, surrogate)
-        for score_site in particles.score_sites():
-            name = score_site.name
-            if name not in pair_weights or (names is not None and name not in names):
-                continue
-            site, fn = score_site.site, score_site.site["fn"]
-            cost = score_site.cost.detach().expand(fn.batch_shape)
-            dim = score_site.particle_dim % cost.dim()
-            extra = len(latent_shape(fn))
-            front = cost.movedim(dim, 0)  # (n, batch')
-            front = front.reshape(front.shape + (1,) * extra)
-            weights = pair_weights[name]  # (n, n, batch' + latents)
-            signal = (weights * (front.unsqueeze(1) - front.unsqueeze(0))).sum(1) / (front.shape[0] - 1)
-            signal = signal.movedim(0, dim)  # the site's batch + latents
-            logits = site_logits(fn)
-            value = site["value"]
-            index = value.argmax(-1) if site_kind(fn) == ONEHOT else value
-            log_q = logits.log_softmax(-1).gather(-1, index.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-            for mask in _site_masks(site):
-                signal = signal * mask.reshape(mask.shape + (1,) * extra).to(signal.dtype)
-            surrogate = surrogate + (signal * log_q).sum()
-        return surrogate, after
+    def site_term(self, score_site, sampler):
+        weights = sampler.pair_weights.get(score_site.name)  # (n, n, batch' + latents)
+        if weights is None:
+            return super().site_term(score_site, sampler)
+        site, fn = score_site.site, score_site.site["fn"]
+        cost = score_site.cost.detach().expand(fn.batch_shape)
+        dim = score_site.particle_dim % cost.dim()
+        front = cost.movedim(dim, 0)  # (n, batch')
+        front = front.reshape(front.shape + (1,) * len(latent_shape(fn)))
+        signal = (weights * (front.unsqueeze(1) - front.unsqueeze(0))).sum(1) / (front.shape[0] - 1)
+        logits = site_logits(fn)
+        value = site["value"]
+        index = value.argmax(-1) if site_kind(fn) == ONEHOT else value
+        log_q = logits.log_softmax(-1).gather(-1, index.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+        return (apply_masks(signal.movedim(0, dim), site) * log_q).sum()
 
 
 class CARMSELBO(DiscreteELBO):

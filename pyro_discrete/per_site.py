@@ -208,7 +208,7 @@ def _options_of(elbo):
 
     if isinstance(elbo, TraceScoreELBO):
         return {"baseline": elbo.surrogate.spec, "decay": elbo.surrogate.decay}
-    if isinstance(elbo, ARSMELBO) and type(elbo) is ARSMELBO:
+    if type(elbo) is ARSMELBO:  # CoupledDisARMELBO fixes its options
         categorical = "arsm" if elbo.surrogate.categorical == "arsm" else "disarm"
         return {"binary": elbo.surrogate.binary, "categorical": categorical}
     return {}

@@ -64,11 +64,10 @@ from typing import Optional
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import MaskedDistribution
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Bernoulli, Categorical, OneHotCategorical, constraints
 
-from .util import CONTINUOUS, innermost_distribution, preserved_rng, sample_sites, site_kind, support_size
+from .util import CONTINUOUS, innermost_distribution, preserved_rng, sample_sites, site_kind, site_masks, support_size
 
 __all__ = [
     "INDEPENDENT",
@@ -226,16 +225,6 @@ def _frames(site):
     return {(f.name, f.dim): f.size for f in site["cond_indep_stack"] if f.vectorized}
 
 
-def _masks(site):
-    masks = [] if site["mask"] is None else [site["mask"]]
-    fn = site["fn"]
-    while hasattr(fn, "base_dist"):
-        if isinstance(fn, MaskedDistribution):
-            masks.append(fn._mask)
-        fn = fn.base_dist
-    return masks
-
-
 def _run(model, guide, args, kwargs, rng, guide_trace=None):
     """Guide (replayed at ``guide_trace`` if given) and model, their terms and masks, from random state ``rng``."""
     torch.random.set_rng_state(rng)
@@ -248,7 +237,7 @@ def _run(model, guide, args, kwargs, rng, guide_trace=None):
     for where, trace in (("guide", prune_subsample_sites(raw)), ("model", prune_subsample_sites(model_trace))):
         trace.compute_log_prob()
         for name, site in sample_sites(trace):
-            terms[(where, name)] = (site["log_prob"], _frames(site), _masks(site))
+            terms[(where, name)] = (site["log_prob"], _frames(site), site_masks(site))
     return raw, terms
 
 

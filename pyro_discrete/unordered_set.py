@@ -83,7 +83,9 @@ class SetSampler(Sampler):
         counts = self.elbo._discrete_site_counts
         key = (step.model, step.guide)
         if key not in counts:
-            counts[key] = _count_discrete_sites(guide, step.args, step.kwargs)
+            from .per_site import guide_annotations
+
+            counts[key] = len(guide_annotations(guide, step.args, step.kwargs, with_sites=True)[1])
         #: the number of discrete guide sites (counted once per model and guide)
         self.num_discrete = counts[key]
 
@@ -362,17 +364,6 @@ class WeightedSamples(Surrogate):
 
     def jit_unsupported(self):
         return "the first step of a model checks its structure by provenance tracking, which cannot be traced."
-
-
-def _count_discrete_sites(guide, args, kwargs):
-    """The number of discrete latent sites of one run of ``guide`` (random state kept)."""
-    from pyro import poutine
-
-    from .util import preserved_rng
-
-    with preserved_rng(), torch.no_grad(), poutine.block():
-        trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    return sum(1 for _, site in sample_sites(trace) if not site["is_observed"] and site_kind(site["fn"]) != CONTINUOUS)
 
 
 def _frames(site):

@@ -26,11 +26,23 @@ __all__ = [
     "site_kind",
     "set_rng_state",
     "site_logits",
+    "site_masks",
     "total",
 ]
 
 #: site kinds, as the registry names them
 BERNOULLI, CATEGORICAL, ONEHOT, CONTINUOUS, OTHER = "bernoulli", "categorical", "onehot", "continuous", "other"
+
+
+def site_masks(site):
+    """The masks of a sample site: its ``poutine.mask`` and those of ``MaskedDistribution`` wrappers of its ``fn``."""
+    masks = [] if site["mask"] is None else [site["mask"]]
+    fn = site["fn"]
+    while hasattr(fn, "base_dist"):
+        if isinstance(fn, pyro.distributions.MaskedDistribution):
+            masks.append(fn._mask)
+        fn = fn.base_dist
+    return masks
 
 
 def innermost_distribution(fn):
