@@ -30,7 +30,9 @@ them); no reparameterizable guide site between two discrete ones (it would be
 drawn again in every partial run). Reparameterizable sites before the first
 discrete site are drawn once (in the first partial run, with their graph, so
 that they keep their pathwise gradient) and shared by the ``k`` sequences;
-those after the last are drawn per sequence.
+those after the last are drawn per sequence. The subsample indices of
+subsampled plates are drawn in the first partial run too, and every later run,
+the step's included, reuses them.
 
 **References**
 
@@ -45,6 +47,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.subsample_messenger import _Subsample
 
 from .errors import EstimatorError
 from .gumbel import _conditional_gumbel, _log_rest
@@ -81,10 +84,14 @@ class _Prefixes(Messenger):
         self.stopped = None
 
     def _pyro_sample(self, msg):
+        beams = self.beams
+        if isinstance(msg["fn"], _Subsample):  # every run sees the first run's subsample
+            if msg["name"] in beams.subsamples:
+                msg["value"] = beams.subsamples[msg["name"]]
+            return
         if not is_sampled(msg):
             return
         name, kind = msg["name"], site_kind(msg["fn"])
-        beams = self.beams
         if kind == CONTINUOUS:
             if name in beams.shared:
                 msg["value"] = beams.shared[name]
@@ -115,6 +122,10 @@ class _Prefixes(Messenger):
         self.stopped = msg
         raise NonlocalExit(msg)
 
+    def _pyro_post_sample(self, msg):
+        if isinstance(msg["fn"], _Subsample):
+            self.beams.subsamples.setdefault(msg["name"], msg["value"])
+
 
 class SequenceBeams:
     """
@@ -133,6 +144,8 @@ class SequenceBeams:
         self.num = num
         self.plate_nesting = elbo.max_plate_nesting
         self.order, self.values, self.shared = [], {}, {}
+        #: plate name -> the subsample indices of the first run, which every later run (and the step's) reuses
+        self.subsamples = {}
         self.frames = None
         self.phi = self.gumbel = self.discarded = None
 

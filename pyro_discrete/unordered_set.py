@@ -36,6 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 from pyro.ops.provenance import get_provenance
+from pyro.poutine.subsample_messenger import _Subsample
 
 from .costs import site_costs, vectorized_frames
 from .elbo import DiscreteELBO, Surrogate
@@ -201,6 +202,13 @@ class UnorderedSetSampler(SetSampler):
             pad = self.num - log_p.shape[0]
             log_p = torch.cat([log_p, log_p.new_full((pad,) + log_p.shape[1:], -math.inf)])
         self.log_p, self.log_rest = log_p, beams.discarded
+
+    def _pyro_sample(self, msg):
+        # the step runs on the subsample the search ran on
+        if self.beams is not None and isinstance(msg["fn"], _Subsample) and msg["name"] in self.beams.subsamples:
+            msg["value"] = self.beams.subsamples[msg["name"]]
+            return
+        super()._pyro_sample(msg)
 
     def draw(self, msg):
         if self.beams is None:
