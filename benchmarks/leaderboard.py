@@ -270,13 +270,18 @@ def run(protocol, name, seed, args, data, path, bar_factory):
         "curve": [],
         "variance": [],
         "settings": {k: v for k, v in p.items()},
+        "threads": torch.get_num_threads(),
         "finished": False,
     }
-    busy = 0.0
+    busy, first = 0.0, 0
+    checkpoint = path[: -len(".json")] + ".partial.pt"
+    if os.path.exists(checkpoint) and not args.force:
+        first, busy = _resume(checkpoint, vae, svi, elbo, record)
     bar = bar_factory(total=args.epochs * steps_per_epoch, desc="{} {} seed {}".format(protocol, name, seed))
+    bar.update(first * steps_per_epoch)
     # short runs are validated four times per epoch, so that their curves have more than one point
     checks = 4 if args.epochs <= 2 else 1
-    for epoch in range(args.epochs):
+    for epoch in range(first, args.epochs):
         order = torch.randperm(len(train))
         for i in range(steps_per_epoch):
             x = train[order[i * p["batch"] : (i + 1) * p["batch"]]]
@@ -303,6 +308,8 @@ def run(protocol, name, seed, args, data, path, bar_factory):
             record["variance"].append(
                 {"epoch": epoch + 1, "encoder_variance": encoder_variance(vae, elbo, probe, args.draws)}
             )
+        if epoch < args.epochs - 1:
+            _save(checkpoint, epoch + 1, busy, vae, svi, elbo, record)
     bar.close()
     record["ms_per_step"] = 1000 * busy / (args.epochs * steps_per_epoch)
     record["test_neg_elbo"] = neg_elbo(vae, test)
@@ -320,7 +327,37 @@ def run(protocol, name, seed, args, data, path, bar_factory):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
     return record
+
+
+def _save(checkpoint, epochs_done, busy, vae, svi, elbo, record):
+    """Everything a run needs to go on after ``epochs_done`` epochs, in another process or session."""
+    state = {
+        "epochs_done": epochs_done,
+        "busy": busy,
+        "vae": vae.state_dict(),
+        "optim": svi.optim.get_state(),
+        "elbo": elbo.state_dict() if hasattr(elbo, "state_dict") else None,
+        "rng": pyro.util.get_rng_state(),
+        "record": record,
+    }
+    os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
+    torch.save(state, checkpoint + ".tmp")
+    os.replace(checkpoint + ".tmp", checkpoint)  # a run killed while saving keeps the previous checkpoint
+
+
+def _resume(checkpoint, vae, svi, elbo, record):
+    state = torch.load(checkpoint, weights_only=False)
+    vae.load_state_dict(state["vae"])
+    svi.optim.set_state(state["optim"])
+    if state["elbo"] is not None:
+        elbo.load_state_dict(state["elbo"])
+    pyro.util.set_rng_state(state["rng"])
+    record.update({k: v for k, v in state["record"].items() if k in ("curve", "variance")})
+    print("resumed {} after epoch {}".format(os.path.basename(checkpoint), state["epochs_done"]), flush=True)
+    return state["epochs_done"], state["busy"]
 
 
 # ----------------------------------------------------------------------
@@ -553,11 +590,14 @@ def main(argv=None):
     parser.add_argument("--report", action="store_true", help="only rewrite the tables and plots")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, for a quick check of the script")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.report:
         report(args.out)
         return 0
     torch.set_default_dtype(torch.float32)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
     bar_factory = _bar_factory(args.quiet)
     for protocol in args.protocol or list(PROTOCOLS):
