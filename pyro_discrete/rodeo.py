@@ -44,9 +44,73 @@ class ControlNetwork(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(()))
         self.beta = nn.Parameter(torch.zeros(()))
 
+    slope = 0.3  #: of the LeakyReLU
+
     def forward(self, taylor, cost):
         hidden = self.taylor(taylor.unsqueeze(-1)) + self.cost(cost.unsqueeze(-1))
-        return self.out(nn.functional.leaky_relu(hidden, 0.3)).unbind(-1)
+        return self.out(nn.functional.leaky_relu(hidden, self.slope)).unbind(-1)
+
+    def mean_over_others(self, taylor, cost):
+        r"""
+        ``(h1, h2)``, each ``(K, n, P)``: the mean over ``i != j`` of
+        ``self(taylor[j, i, n, p], cost[i, n])``, for ``taylor`` of shape
+        ``(K, K, n, P)`` and ``cost`` of shape ``(K, n)``, without a tensor of
+        ``K * K * n * P * hidden`` numbers.
+
+        For fixed ``(i, n)`` the network is a piecewise-linear function of its
+        scalar input :math:`t`: unit :math:`h` is active
+        (:math:`w_h t + \beta_h > 0`, :math:`\beta_h = v_h c + b_h`) on one side
+        of :math:`\tau_h = -\beta_h / w_h`. With the ``hidden`` breakpoints
+        sorted, the output is :math:`A[m]\,t + B[m]` where :math:`m` is the
+        number of breakpoints below :math:`t` (a ``searchsorted``) and
+        :math:`A, B` are prefix and suffix sums over the sorted units: the
+        values are the network's, and so are the parameters' gradients (the
+        active set is locally constant), at
+        :math:`O(K n \cdot hidden \log hidden + K^2 n P \log hidden)` instead
+        of :math:`O(K^2 n P \cdot hidden)`.
+        """
+        K = cost.shape[0]
+        w = self.taylor.weight[:, 0]  # (H,)
+        v = self.cost.weight[:, 0]
+        beta = cost.unsqueeze(-1) * v + self.taylor.bias  # (K, n, H): the units' intercepts per (i, n)
+        rising, falling = w > 0, w < 0  # active right, left of the breakpoint; w == 0: by the sign of beta
+        safe = torch.where(rising | falling, w, torch.ones_like(w))
+        tau = torch.where(rising | falling, -beta / safe, torch.zeros_like(beta)).detach()
+        tau, order = tau.sort(-1)
+        W2 = self.out.weight  # (2, H)
+        # per unit and output: the slope and the intercept it adds when active, in sorted order
+        unit_slope = (W2 * w).unsqueeze(1).unsqueeze(1)  # (2, 1, 1, H)
+        unit_inter = W2.unsqueeze(1).unsqueeze(1) * beta  # (2, K, n, H)
+        unit_slope = unit_slope.expand(unit_inter.shape).gather(-1, order.expand(unit_inter.shape))
+        unit_inter = unit_inter.gather(-1, order.expand(unit_inter.shape))
+        up = rising[order].to(beta.dtype)  # (K, n, H)
+        down = falling[order].to(beta.dtype)
+        always = ((w == 0)[order] & (beta.gather(-1, order) > 0)).to(beta.dtype)
+
+        def table(u):
+            # active contribution with m breakpoints below t, m = 0 .. H: rising units among the first m,
+            # falling units among the rest, and the flat units that are on
+            zero = u.new_zeros(u.shape[:-1] + (1,))
+            prefix = torch.cat([zero, (u * up).cumsum(-1)], -1)
+            suffix = torch.cat([(u * down).flip(-1).cumsum(-1).flip(-1), zero], -1)
+            return prefix + suffix + (u * always).sum(-1, keepdim=True)
+
+        leak = self.slope
+        A = leak * unit_slope.sum(-1, keepdim=True) + (1 - leak) * table(unit_slope)  # (2, K, n, H + 1)
+        B = leak * unit_inter.sum(-1, keepdim=True) + (1 - leak) * table(unit_inter) + self.out.bias.reshape(2, 1, 1, 1)
+        # points (j, i, n, p) -> (i, n, j * p), for a searchsorted per (i, n)
+        J, _, n, P = taylor.shape
+        points = taylor.permute(1, 2, 0, 3).reshape(K, n, J * P).detach()
+        m = torch.searchsorted(tau.contiguous(), points.contiguous())  # breakpoints strictly below each point
+        t = taylor.permute(1, 2, 0, 3).reshape(K, n, J * P)
+        others = (~torch.eye(K, dtype=torch.bool, device=cost.device)).to(cost.dtype)  # [i, j]
+        weight = (others / (K - 1)).reshape(K, 1, K, 1)
+        outputs = []
+        for o in range(2):
+            value = A[o].gather(-1, m) * t + B[o].gather(-1, m)  # (i, n, j * p)
+            value = (value.reshape(K, n, J, P) * weight).sum(0)  # (n, j, p): mean over i != j
+            outputs.append(value.permute(1, 0, 2))
+        return tuple(outputs)
 
 
 class SteinControlVariates(Surrogate):
@@ -69,19 +133,19 @@ class SteinControlVariates(Surrogate):
 
     def _check_pair_memory(self, elbo, name, f, x):
         # RODEO evaluates its network at every ordered pair of particles (h_j averages H over the other K - 1
-        # samples, and H is not linear): activations of K * K * elements * (1 + D) * hidden numbers, kept for
-        # the backward pass. Refuse before allocating what would not fit, rather than let the process be killed.
+        # samples, and H is not linear): K * K * elements * (1 + D) points, each with its breakpoint index and
+        # a few numbers kept for the backward pass (measured: 35-58 bytes a point in float32, K = 100-2000).
+        # Refuse before allocating what would not fit, rather than let the process be killed.
         K = f.shape[0]
-        numbers = K * K * f.shape[1] * (1 + x.shape[-1]) * (4 * self.hidden + 8)  # measured: 2.0 GB at K = 800
-        needed = numbers * f.element_size()
+        needed = K * K * f.shape[1] * (1 + x.shape[-1]) * (10 * f.element_size() + 16)
         if needed > self.max_pair_bytes:
             raise EstimatorError(
                 elbo,
-                "RODEO's control variates evaluate a network of width {} at every pair of the {} particles for "
-                "guide site '{}' ({} elements of {} bits): about {:.1f} GB, growing as the square of the particle "
-                "count, over max_pair_bytes={:.1f} GB. Use fewer particles, variant='double_cv' (linear in the "
+                "RODEO's control variates evaluate their network at every pair of the {} particles for guide site "
+                "'{}' ({} elements of {} bits): about {:.1f} GB, growing as the square of the particle count, "
+                "over max_pair_bytes={:.1f} GB. Use fewer particles, variant='double_cv' (linear in the "
                 "particles), or leave-one-out (TraceScoreELBO), or raise max_pair_bytes if memory allows.".format(
-                    self.hidden, K, name, f.shape[1], x.shape[-1], needed / 1e9, self.max_pair_bytes / 1e9
+                    K, name, f.shape[1], x.shape[-1], needed / 1e9, self.max_pair_bytes / 1e9
                 ),
                 sites=(name,),
                 requirement="memory",
@@ -176,15 +240,10 @@ class SteinControlVariates(Surrogate):
 
     def _rodeo(self, network, f, grad_f, x, score, flip, weight, K, alpha, beta):
         # h_j(y) = mean over i != j of H(grad f(x_i) . (y - x_i), f(x_i)), at y = x_j and its D single flips
-        others = ~torch.eye(K, dtype=torch.bool, device=f.device)  # [j, i]: i != j
         base = ((x.unsqueeze(1) - x.unsqueeze(0)) * grad_f.unsqueeze(0)).sum(-1)  # [j, i, n]: grad f_i . (x_j - x_i)
         delta = grad_f.unsqueeze(0) * flip.unsqueeze(1)  # [j, i, n, d]: the change for flipping bit d of x_j
         taylor = torch.cat([base.unsqueeze(-1), base.unsqueeze(-1) + delta], -1)  # [j, i, n, 1 + D]
-        cost = f.unsqueeze(0).unsqueeze(-1).expand(taylor.shape)
-        h1, h2 = network(taylor, cost)  # [j, i, n, 1 + D]
-        mask = others.reshape(K, K, 1, 1).to(h1.dtype)
-        h1 = (h1 * mask).sum(1) / (K - 1)  # [j, n, 1 + D]: at x_j, then its flips
-        h2 = (h2 * mask).sum(1) / (K - 1)
+        h1, h2 = network.mean_over_others(taylor, f)  # [j, n, 1 + D]: at x_j, then its flips
         # (A u)(x) = sum_d w_d [u(x flipped at d) - u(x)]
         stein_h1 = (weight * (h1[..., 1:] - h1[..., :1])).sum(-1)  # [j, n]
         r = f + alpha * stein_h1
@@ -250,11 +309,14 @@ class RODEOELBO(DiscreteELBO):
     :param str variant: ``"rodeo"`` or ``"double_cv"``.
     :param int hidden: width of :math:`H_\phi`.
     :param int max_pair_bytes: RODEO evaluates :math:`H_\phi` at every pair of
-        particles, so its memory grows as ``K**2``; a step that would hold more
-        than this many bytes of those activations (about
-        ``K**2 * elements * (1 + D) * (4 * hidden + 8)`` numbers) is an
-        :class:`~pyro_discrete.errors.EstimatorError` before anything is
-        allocated (default 2 GiB). ``double_cv`` is linear in ``K``.
+        particles, so its memory grows as ``K**2``: about
+        ``K**2 * elements * (1 + D)`` points of ``10 * itemsize + 16`` bytes
+        (the network is piecewise linear in its input, evaluated through its
+        sorted breakpoints, so no point holds ``hidden`` activations; see
+        :meth:`ControlNetwork.mean_over_others`). A step that would hold more
+        than this many bytes is an :class:`~pyro_discrete.errors.EstimatorError`
+        before anything is allocated (default 2 GiB). ``double_cv`` is linear
+        in ``K``.
 
     **References**
 
