@@ -203,7 +203,10 @@ def inclusion_log_ratios(log_p_sample, log_rest, second_order=True):
     # log of each factor, (G, k, batch...): log(1 - exp(-exp(a))), a = x + log r; for a << 0 it is
     # a - exp(a) / 2 + ..., which also never underflows to -inf
     a = x + log_r.unsqueeze(0)
-    t = torch.where(a < -20.0, a - torch.exp(a) / 2, log1mexp(-torch.exp(a.clamp(min=-20.0))))
+    # log(1 - exp(-u)), u = exp(a): log(-expm1(-u)) is accurate to the double's absolute precision for every
+    # u that does not underflow (a > -700); below a = -20 it is a - u / 2 to that precision, and stays finite
+    u = torch.exp(a)
+    t = torch.where(a < -20.0, a - u / 2, torch.log(-torch.expm1(-u)))
     t = torch.where(possible.unsqueeze(0), t, torch.zeros_like(t))
     base = (x - torch.exp(x)).squeeze(1)  # (G, 1...)
     total = base + t.sum(1)  # (G, batch...)
@@ -215,8 +218,18 @@ def inclusion_log_ratios(log_p_sample, log_rest, second_order=True):
     log_r1 = torch.where(exhaustive & possible, torch.zeros_like(log_r1), log_r1)
     if not second_order:
         return log_r1.to(dtype), None
-    # leave-two-out, one removed site at a time: (G, k, batch) in memory, not (G, k, k, batch)
-    log_two = torch.stack([(without_one - t[:, s : s + 1]).logsumexp(0) for s in range(k)], 1)  # [s', s]
+    # leave-two-out, LSE_g(total - t_s - t_s') for every pair, as a Gram matrix of scaled exponentials:
+    # A[g, s] = exp(total / 2 - t_s - c_s) <= 1 with c_s its maximum over g, so that
+    # sum_g A[g, s] A[g, s'] = exp(LSE_g(total - t_s - t_s') - c_s - c_s'); one exp of (G, k, batch) and a
+    # batched product instead of k log-sum-exps of it
+    col = (total / 2).unsqueeze(1) - t  # (G, k, batch)
+    c = col.amax(0)  # (k, batch)
+    A = torch.exp(col - c).reshape(col.shape[:2] + (-1,)).permute(2, 1, 0)  # (batch, k, G)
+    gram = torch.bmm(A, A.transpose(1, 2)).permute(1, 2, 0).reshape((k, k) + log_p.shape[1:])
+    if bool((gram < 1e-280).any()):  # the pair's terms underflow against its columns' maxima: sum in logs
+        log_two = torch.stack([(without_one - t[:, s : s + 1]).logsumexp(0) for s in range(k)], 1)  # [s', s]
+    else:
+        log_two = gram.log() + c.unsqueeze(0) + c.unsqueeze(1)
     log_r2 = (log_two - log_one.unsqueeze(0)).transpose(0, 1)  # [s, s'] = log R^{D - s}(S, s')
     eye = torch.eye(k, dtype=torch.bool, device=log_p.device).reshape((k, k) + (1,) * (log_p.dim() - 1))
     log_r2 = torch.where(eye, torch.zeros_like(log_r2), log_r2)

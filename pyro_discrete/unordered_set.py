@@ -183,6 +183,9 @@ class UnorderedSetSampler(SetSampler):
     (:class:`~pyro_discrete.beam.SequenceBeams`, run in :meth:`prepare`).
     """
 
+    #: ``(log_p, log_rest, log_r1, log_r2)``: the inclusion ratios of the set last asked for
+    _ratios = None
+
     def __init__(self, elbo):
         super().__init__(elbo)
         #: the beam search across sites of a guide with several discrete sites (``None`` for one)
@@ -241,7 +244,20 @@ class UnorderedSetSampler(SetSampler):
         return stochastic_beam_search(log_p, k)
 
     def weights(self, baseline):
-        log_r1, log_r2 = inclusion_log_ratios(self.log_p, self.log_rest, second_order=baseline)
+        # the ratios of this step's set, computed once (the loss, the weighted ELBO and the baseline all use
+        # them; the second-order ones only when a gradient is asked for)
+        cached = self._ratios
+        if (
+            cached is None
+            or cached[0] is not self.log_p
+            or cached[1] is not self.log_rest
+            or (baseline and cached[3] is None)
+        ):
+            cached = (self.log_p, self.log_rest) + inclusion_log_ratios(
+                self.log_p, self.log_rest, second_order=baseline
+            )
+            self._ratios = cached
+        log_r1, log_r2 = cached[2:]
         weights = (self.log_p + log_r1).exp()
         if not baseline:
             return weights, None
@@ -295,6 +311,9 @@ class WeightedSamples(Surrogate):
         return -self._weighted_elbo(particles, "log_prob")
 
     def loss_and_surrogate(self, particles, step):
+        for pair in particles:  # the weights with their baseline, before the loss asks for the weights alone
+            if pair.sampler.site is not None:
+                pair.sampler.weights(baseline=True)
         loss = self.loss(particles)
         return loss, self(particles, step)
 
