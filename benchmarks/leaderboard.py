@@ -103,6 +103,9 @@ PAPERS = {
     ),
 }
 
+#: the ARSM authors' official training log on arsm20x10 (their ARSM estimator): epoch -> validation -ELBO
+ARSM_LOG = {10: 122.1, 50: 104.2, 100: 99.7}
+
 PYRO_ROWS = ["trace", "tracegraph"]
 
 
@@ -377,12 +380,21 @@ def load_runs(out):
 
 
 def _mean_spread(values):
-    values = [v for v in values if v is not None and v == v]
+    """``(median, (min, max))`` over seeds; the range is ``None`` for one seed."""
+    values = sorted(v for v in values if v is not None and v == v)
     if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    spread = (max(values) - min(values)) / 2 if len(values) > 1 else math.nan
-    return mean, spread
+        return math.nan, None
+    n = len(values)
+    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return median, ((values[0], values[-1]) if n > 1 else None)
+
+
+def _at_epoch(run, epoch):
+    """Validation -ELBO after ``epoch`` epochs (``None`` where the run has no such point)."""
+    for c in run["curve"]:
+        if abs(c["epoch"] - epoch) < 1e-9:
+            return c["validation_neg_elbo"]
+    return None
 
 
 def report(out):
@@ -404,6 +416,8 @@ def report(out):
             first_var, _ = _mean_spread([r["variance"][0]["encoder_variance"] for r in rs])
             last_var, _ = _mean_spread([r["variance"][-1]["encoder_variance"] for r in rs])
             ms, _ = _mean_spread([r["ms_per_step"] for r in rs])
+            early = epochs // 5 if epochs >= 10 else None
+            at_early, early_spread = _mean_spread([_at_epoch(r, early) for r in rs]) if early else (math.nan, None)
             paper = PAPERS.get((protocol, name))
             if paper is not None and paper[2] != epochs:
                 paper = None  # only at matched epochs
@@ -416,6 +430,9 @@ def report(out):
                     "evaluations_per_step": rs[0]["evaluations_per_step"],
                     "validation_neg_elbo": val,
                     "validation_spread": val_spread,
+                    "early_epoch": early,
+                    "validation_at_early_epoch": at_early,
+                    "early_spread": early_spread,
                     "test_neg_elbo": test,
                     "test_nll": nll,
                     "test_nll_spread": nll_spread,
@@ -424,6 +441,7 @@ def report(out):
                     "encoder_variance_last_epoch": last_var,
                     "ms_per_step": ms,
                     "seconds": sum(r["curve"][-1]["seconds"] for r in rs) / len(rs),
+                    "threads": max(r.get("threads", 2) for r in rs),
                     "paper": "" if paper is None else "{} ({}, {} epochs; {})".format(*paper),
                     "nll_images": rs[0]["nll_images"],
                     "nll_samples": rs[0]["nll_samples"],
@@ -438,7 +456,7 @@ def report(out):
         "# Leaderboard",
         "",
         "`python benchmarks/leaderboard.py` (see its docstring for the protocols). Sorted by validation "
-        "-ELBO after the last epoch; ± is half the range over seeds (where there are several). Test NLL: "
+        "-ELBO after the last epoch; with several seeds, the median and [the range] over them. Test NLL: "
         "importance-weighted, first {} test images, {} samples each (its standard error is about {:.2g}). "
         "Encoder variance: one gradient draw, per data point, on a fixed validation batch.".format(
             rows[0]["nll_images"], rows[0]["nll_samples"], rows[0]["test_nll_se"]
@@ -461,20 +479,48 @@ def report(out):
             ),
             "",
             "`python benchmarks/leaderboard.py --protocol {} --epochs {}` (runs with `--estimators ...` and "
-            "`--seeds ...` for subsets); training time of these rows: {:.0f} minutes in all.".format(
-                protocol, epochs, sum(r["seconds"] * r["seeds"] for r in rs) / 60
+            "`--seeds ...` for subsets); training time of these rows: {:.0f} minutes in all, on {} torch "
+            "thread(s) of a 2-core machine{}.".format(
+                protocol,
+                epochs,
+                sum(r["seconds"] * r["seeds"] for r in rs) / 60,
+                "/".join(sorted({str(r["threads"]) for r in rs})),
+                " (one thread while other work shared the machine: ms / step is not comparable with the "
+                "two-thread tables)"
+                if any(r["threads"] == 1 for r in rs)
+                else "",
             ),
+        ]
+        early = rs[0]["early_epoch"]
+        logged = [(e, v) for e, v in sorted(ARSM_LOG.items()) if e <= epochs]
+        if protocol == "arsm20x10" and epochs >= 10 and logged:
+            lines += [
+                "",
+                "The ARSM authors' official training log on this protocol (their ARSM estimator, 46 evaluations "
+                "per step) reads validation -ELBO {}{}.".format(
+                    ", ".join("{} after {} epochs ({} steps)".format(v, e, e * 275) for e, v in logged),
+                    "; the column 'at epoch {}' is at the same step count as its first".format(early)
+                    if early in ARSM_LOG
+                    else "",
+                ),
+            ]
+        early_header = "validation -ELBO at epoch {} | ".format(early) if early else ""
+        lines += [
             "",
-            "| estimator | seeds | evaluations / step | validation -ELBO | test -ELBO | test NLL | "
-            "encoder variance (epoch 1) | encoder variance (last) | ms / step | training s | paper |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| estimator | seeds | evaluations / step | {}validation -ELBO | test -ELBO | test NLL | "
+            "encoder variance (epoch 1) | encoder variance (last) | ms / step | training s | paper |".format(
+                early_header
+            ),
+            "|---|---|---|" + ("---|" if early else "") + "---|---|---|---|---|---|---|---|",
         ]
         for r in rs:
+            early_cell = _pm(r["validation_at_early_epoch"], r["early_spread"]) + " | " if early else ""
             lines.append(
-                "| {} | {} | {:.0f} | {} | {:.2f} | {} | {:.3g} | {:.3g} | {:.1f} | {:.0f} | {} |".format(
+                "| {} | {} | {:.0f} | {}{} | {:.2f} | {} | {:.3g} | {:.3g} | {:.1f} | {:.0f} | {} |".format(
                     r["estimator"],
                     r["seeds"],
                     r["evaluations_per_step"],
+                    early_cell,
                     _pm(r["validation_neg_elbo"], r["validation_spread"]),
                     r["test_neg_elbo"],
                     _pm(r["test_nll"], r["test_nll_spread"]),
@@ -491,8 +537,10 @@ def report(out):
     print("wrote", os.path.join(out, "leaderboard.md"))
 
 
-def _pm(mean, spread):
-    return "{:.2f}".format(mean) if spread != spread else "{:.2f} ± {:.2f}".format(mean, spread)
+def _pm(median, spread):
+    if median != median:
+        return "–"
+    return "{:.2f}".format(median) if spread is None else "{:.2f} [{:.2f}, {:.2f}]".format(median, *spread)
 
 
 def _plot(runs, out):
@@ -530,17 +578,29 @@ def _plot(runs, out):
                     )
                     axes[0].plot(steps, values, **style)
                     axes[1].plot(seconds, values, **style)
+            if protocol == "arsm20x10" and epochs >= 10:
+                points = [(e, v) for e, v in ARSM_LOG.items() if e <= epochs]
+                axes[0].plot(
+                    [e * 275 for e, _ in points],
+                    [v for _, v in points],
+                    "kx",
+                    ms=9,
+                    mew=2,
+                    label="ARSM authors' official log",
+                )
+                finals.append(min(v for _, v in points))
             low = min(finals)
             top = max(c["validation_neg_elbo"] for r in rs for c in r["curve"])
             for ax in axes:
                 ax.set_ylabel("validation -ELBO")
                 ax.set_ylim(low - 3, min(top + 3, sorted(finals)[len(finals) // 2] + 60))
             axes[0].set_xlabel("training steps")
-            axes[1].set_xlabel("seconds of training (2 CPU cores)")
+            axes[1].set_xlabel("seconds of training (CPU; threads as in the table)")
             axes[1].set_xscale("log")
             title = "{}, {} epoch{}".format(protocol, epochs, "s" if epochs > 1 else "")
             axes[0].set_title(title + ": against steps")
             axes[1].set_title(title + ": against time")
+            axes[0].legend(fontsize=7, loc="upper right")
             axes[1].legend(fontsize=7, ncol=2, loc="upper right")
         fig.tight_layout()
         fig.savefig(os.path.join(out, "leaderboard_{}.png".format(protocol)), dpi=100)
