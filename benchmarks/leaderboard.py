@@ -549,6 +549,7 @@ def _plot(runs, out):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return
     for protocol in PROTOCOLS:
@@ -597,6 +598,7 @@ def _plot(runs, out):
             axes[0].set_xlabel("training steps")
             axes[1].set_xlabel("seconds of training (CPU; threads as in the table)")
             axes[1].set_xscale("log")
+            axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no crowded labels
             title = "{}, {} epoch{}".format(protocol, epochs, "s" if epochs > 1 else "")
             axes[0].set_title(title + ": against steps")
             axes[1].set_title(title + ": against time")

@@ -50,6 +50,7 @@ import torch
 
 from .arms import AntitheticScore, CopulaSampler, apply_masks
 from .elbo import DiscreteELBO
+from .errors import EstimatorError
 from .util import BERNOULLI, CATEGORICAL, ONEHOT, latent_shape, site_kind, site_logits
 
 __all__ = [
@@ -60,8 +61,8 @@ __all__ = [
     "pair_probabilities_at",
 ]
 
-#: the most float64 entries the pair probabilities of one chunk of orders may take
-_CHUNK_ENTRIES = 2**24
+#: the most float64 entries the pair probabilities of one chunk of orders may take (32 MB a tensor)
+_CHUNK_ENTRIES = 2**22
 
 
 def _orders(num_categories, device):
@@ -168,6 +169,7 @@ class CARMSSampler(CopulaSampler):
             return super().draw(msg)
         first, j = self.first_particle(msg, "CARMS", "categorical")
         probs = first.squeeze(j).softmax(-1)
+        self._check_pair_memory(name, probs)
         index = copula_categorical_draws(probs, self.num)  # (n,) + batch' + latents
         q = probs.to(torch.float64).unsqueeze(0).expand((self.num,) + probs.shape)  # views: nothing copied
         q = q.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (n,) + batch' + latents: q(z_i)
@@ -183,6 +185,26 @@ class CARMSSampler(CopulaSampler):
         if kind == ONEHOT:
             value = torch.nn.functional.one_hot(value, first.shape[-1]).to(first.dtype)
         msg["value"] = value
+
+
+    def _check_pair_memory(self, name, probs):
+        # every ordered pair of particles gets a weight per latent: n * n * latents numbers (and their category
+        # indices), quadratic in the particles by the method's construction; the orders' arithmetic is chunked
+        # (at most a few tensors of _CHUNK_ENTRIES). Refuse what would not fit before allocating it.
+        n, elements = self.num, probs[..., 0].numel()
+        needed = n * n * elements * 56 + 8 * 8 * _CHUNK_ENTRIES
+        limit = getattr(self.elbo, "max_pair_bytes", 2**31)
+        if needed > limit:
+            raise EstimatorError(
+                self.elbo,
+                "CARMS weights every pair of its {} particles for each of the {} latents of guide site '{}': about "
+                "{:.1f} GB, growing as the square of the particle count, over max_pair_bytes={:.1f} GB. Use fewer "
+                "particles, coupled DisARM or leave-one-out (linear in the particles), or raise max_pair_bytes if "
+                "memory allows.".format(n, elements, name, needed / 1e9, limit / 1e9),
+                sites=(name,),
+                requirement="memory",
+                alternatives=("coupled_disarm", "loo"),
+            )
 
 
 class CategoricalCopulaScore(AntitheticScore):
@@ -238,6 +260,11 @@ class CARMSELBO(DiscreteELBO):
     guide site), looped particles, fewer than two.
 
     :param int num_particles: :math:`n`, the coupled draws per step (>= 2).
+    :param int max_pair_bytes: the pair weights grow as :math:`n^2` per latent
+        (about ``56 * n**2`` bytes a latent, plus a fixed 256 MB for the
+        orders' arithmetic, done in chunks); a step that would need more is an
+        :class:`~pyro_discrete.errors.EstimatorError` (requirement
+        ``"memory"``) before anything is allocated (default 2 GiB).
 
     **References**
 
@@ -248,7 +275,8 @@ class CARMSELBO(DiscreteELBO):
     Variables`, Aleksandar Dimitriev, Mingyuan Zhou (ICML 2021)
     """
 
-    def __init__(self, num_particles=2, **kwargs):
+    def __init__(self, num_particles=2, max_pair_bytes=2**31, **kwargs):
+        self.max_pair_bytes = max_pair_bytes
         super().__init__(
             num_particles=num_particles, sampler=CARMSSampler, surrogate=CategoricalCopulaScore(), **kwargs
         )

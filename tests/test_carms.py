@@ -94,3 +94,23 @@ def test_carms_on_one_site_and_leave_one_out_on_another():
     pyro.clear_param_store()
     elbo.differentiable_loss(model, annotated)
     assert [(c.site, c.method) for c in elbo.site_methods(model, annotated)] == [("z", "carms"), ("b", "loo")]
+
+
+def test_quadratic_pair_weights_are_refused_before_allocation():
+    # the pair weights grow as n**2 per latent: past max_pair_bytes, a named error before anything large exists
+    import resource
+
+    def model():
+        pyro.sample("z", dist.OneHotCategorical(logits=torch.zeros(5)))
+
+    def guide():
+        pyro.sample("z", dist.OneHotCategorical(logits=pyro.param("q", torch.zeros(5))))
+
+    pyro.clear_param_store()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(EstimatorError) as info:
+        CARMSELBO(num_particles=8, max_pair_bytes=2**20).differentiable_loss(model, guide)
+    assert info.value.requirement == "memory" and info.value.sites == ("z",)
+    assert set(info.value.alternatives) == {"coupled_disarm", "loo"}
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) < 200 * 1024  # kB
+    assert torch.isfinite(CARMSELBO(num_particles=8).differentiable_loss(model, guide))
