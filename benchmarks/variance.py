@@ -218,7 +218,9 @@ def write(rows, out):
         "squared bias against the exact gradient where it is known (an unbiased estimator's is noise of order "
         "variance / draws). `python benchmarks/variance.py`; see its docstring for the settings. The "
         "sampling-without-replacement estimators (unordered, sum_and_sample) run at budgets up to {} only "
-        "(their cost grows as k squared).".format(SET_BUDGET_MAX),
+        "(their step's time grows faster than k's: `benchmarks/results/profile_estimators.md` has it per k).".format(
+            SET_BUDGET_MAX
+        ),
         "",
         "*ms per step* is one timing of three unbatched steps in the measuring process, and other jobs may have "
         "shared the cores: it is not a comparison of speed (`benchmarks/run_benchmarks.py` and "

@@ -37,6 +37,8 @@ INCLUDED_RESULTS = [
     "examples/air",
     "examples/sequence",
     "air_vectorized",
+    "profile_estimators",
+    "memory_scaling",
 ]
 
 #: exact commands for results that a script's generic usage lines do not pin down (by path under results, or stem)

@@ -313,7 +313,7 @@ class RODEOELBO(DiscreteELBO):
         ``K**2 * elements * (1 + D)`` points of ``10 * itemsize + 16`` bytes
         (the network is piecewise linear in its input, evaluated through its
         sorted breakpoints, so no point holds ``hidden`` activations; see
-        :meth:`ControlNetwork.mean_over_others`). A step that would hold more
+        :meth:`~pyro_discrete.rodeo.ControlNetwork.mean_over_others`). A step that would hold more
         than this many bytes is an :class:`~pyro_discrete.errors.EstimatorError`
         before anything is allocated (default 2 GiB). ``double_cv`` is linear
         in ``K``.
