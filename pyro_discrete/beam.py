@@ -50,11 +50,11 @@ from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.subsample_messenger import _Subsample
 
 from .errors import EstimatorError
-from .gumbel import _conditional_gumbel, _log_rest
+from .gumbel import _conditional_gumbel, _gumbel, _log_rest
 from .structure import PARTICLE_PLATE
 from .util import BERNOULLI, CATEGORICAL, CONTINUOUS, ONEHOT, is_sampled, latent_shape, site_kind, site_logits
 
-__all__ = ["SequenceBeams", "SAME_PLATES"]
+__all__ = ["SequenceBeams", "RestSequences", "SAME_PLATES"]
 
 #: the requirement that every discrete guide site of a set drawn across sites is in the same plates
 SAME_PLATES = "discrete_sites_in_the_same_plates"
@@ -139,9 +139,14 @@ class SequenceBeams:
     :ivar discarded: the log of the probability of the prefixes left out, ``batch``.
     """
 
-    def __init__(self, elbo, num):
+    def __init__(self, elbo, num, stochastic=True, width=None):
         self.elbo = elbo
         self.num = num
+        #: the most beams kept (default ``num``, the particles the guide runs with)
+        self.width = num if width is None else width
+        #: ``False``: a beam search without noise, keeping the ``num`` most probable prefixes (sum-and-sample's
+        #: summed set, a function of the guide's distributions alone)
+        self.stochastic = stochastic
         self.plate_nesting = elbo.max_plate_nesting
         self.order, self.values, self.shared = [], {}, {}
         #: plate name -> the subsample indices of the first run, which every later run (and the step's) reuses
@@ -221,10 +226,10 @@ class SequenceBeams:
         for latent in range(log_p.shape[-2]):
             beams = self.phi.shape[0]
             child_phi = self.phi.unsqueeze(-1) + log_p[..., latent, :]  # (B,) + batch + (C,)
-            child_g = _conditional_gumbel(child_phi, self.gumbel.unsqueeze(-1))
+            child_g = _conditional_gumbel(child_phi, self.gumbel.unsqueeze(-1)) if self.stochastic else child_phi
             flat_phi = child_phi.movedim(0, -2).reshape(batch + (beams * num_categories,))
             flat_g = child_g.movedim(0, -2).reshape(batch + (beams * num_categories,))
-            keep = min(self.num, beams * num_categories)
+            keep = min(self.width, beams * num_categories)
             _, top = flat_g.topk(keep, dim=-1)  # batch + (keep,)
             picked = torch.zeros_like(flat_g, dtype=torch.bool).scatter(-1, top, True)
             self.discarded = torch.logaddexp(self.discarded, _log_rest(flat_phi, picked))
@@ -238,6 +243,121 @@ class SequenceBeams:
                 self.values[other] = _gather_beams(self.values[other], parent)
         self.order.append(name)
         self.values[name] = chosen.reshape(chosen.shape[: 1 + len(batch)] + latents)
+
+
+class RestSequences(SequenceBeams):
+    r"""
+    ``m`` independent draws of the joint values of the discrete sites from the
+    guide restricted to the sequences outside a set :math:`C` (sum-and-sample's
+    summed set, found by a :class:`SequenceBeams` without noise), by ancestral
+    sampling: the guide is run once per site, as for the search, and each latent
+    is drawn from
+
+    .. math::
+
+        P(z_l = c \mid u, z \notin C) \propto q(c \mid u) - \sum_{s \in C:\, s \succ (u, c)} q(s) / q(u),
+
+    the guide's conditional less the mass of the sequences of :math:`C` that
+    extend the prefix :math:`(u, c)` (computed in float64), so that the
+    sequence is an exact draw from :math:`q(z \mid z \notin C)`.
+
+    The draws lie along the particle dim after the ``len(C)`` rows of
+    :math:`C` (the layout of :class:`~pyro_discrete.sum_and_sample.SumAndSampleSampler`);
+    rows past them, when :math:`C` holds fewer values than asked for, repeat its first.
+
+    :param SequenceBeams summed: the finished search for :math:`C`, or ``None`` (nothing summed).
+    :param int num_sampled: ``m``.
+    """
+
+    def __init__(self, elbo, num, summed, num_sampled):
+        super().__init__(elbo, num)
+        self.summed, self.num_sampled = summed, num_sampled
+        if summed is not None:  # the same continuous draws and subsamples as the search for C
+            self.shared, self.subsamples, self.frames = summed.shared, summed.subsamples, summed.frames
+        #: the draws' joint log-probabilities so far, ``(m,) + batch`` (float64)
+        self.psi = None
+        #: the dtype of the guide's distributions
+        self.dtype = None
+        #: ``(m, |C|) + batch``: whether draw ``i``'s prefix so far is sequence ``j``'s of ``C``
+        self.match = None
+
+    def _rows(self):
+        return 0 if self.summed is None else self.summed.phi.shape[0]
+
+    def site_value(self, name, fn):
+        value = self.values[name]  # (m,) + batch + latents
+        if self.summed is not None:
+            value = torch.cat([self.summed.values[name], value])
+        if value.shape[0] < self.num:
+            value = torch.cat([value, value[:1].expand((self.num - value.shape[0],) + value.shape[1:])])
+        kind = site_kind(fn)
+        value = value.movedim(0, len(fn.batch_shape) - self.plate_nesting)
+        logits = site_logits(fn)
+        if kind == ONEHOT:
+            return torch.nn.functional.one_hot(value, logits.shape[-1]).to(logits.dtype)
+        if kind == BERNOULLI:
+            return value.to(logits.dtype)
+        return value
+
+    def _extend(self, msg):
+        fn, name = msg["fn"], msg["name"]
+        if self.summed is not None and name not in self.summed.values:
+            raise EstimatorError(
+                self.elbo,
+                "guide site '{}' was not among the discrete sites {} of the search for the summed values; the "
+                "sequences are drawn over a fixed set of sites (declare every site on every run, masking the "
+                "ones a run does not use).".format(name, ", ".join("'{}'".format(n) for n in self.summed.order)),
+                sites=(name,),
+                requirement="fixed_discrete_sites",
+                suggest=lambda e: e.cost == "particles",
+            )
+        if self.frames is None:
+            self.frames = _frames(msg)
+        kind = site_kind(fn)
+        logits = site_logits(fn).detach()
+        self.dtype = logits.dtype
+        if kind == BERNOULLI:
+            logits = torch.stack([-logits, logits], -1) / 2
+        log_p = logits.log_softmax(-1).to(torch.float64)
+        log_p = log_p.movedim(len(fn.batch_shape) - self.plate_nesting, 0)  # (n,) + batch + latents + (C,)
+        latents = latent_shape(fn)
+        batch = log_p.shape[1 : log_p.dim() - len(latents) - 1]
+        num_categories = log_p.shape[-1]
+        rows, m = self._rows(), self.num_sampled
+        # the draws' rows: (m,) + batch + (L, C)
+        log_p = log_p[rows : rows + m].reshape((m,) + batch + (-1, num_categories))
+        if self.psi is None:
+            self.psi = log_p.new_zeros((m,) + batch)
+            self.match = torch.ones((m, rows) + batch, dtype=torch.bool, device=log_p.device)
+        if self.summed is not None:
+            summed_phi = self.summed.phi.to(torch.float64)  # (|C|,) + batch
+            summed = self.summed.values[name].reshape((rows,) + batch + (-1,))  # (|C|,) + batch + (L,)
+        chosen = []
+        for latent in range(log_p.shape[-2]):
+            weight = log_p[..., latent, :].exp()  # (m,) + batch + (C,): q(c | u)
+            if self.summed is not None:
+                category = summed[..., latent]  # (|C|,) + batch
+                # q(s) / q(u) for the sequences of C that extend the draw's prefix, by their value here
+                log_share = torch.where(self.match, summed_phi.unsqueeze(0) - self.psi.unsqueeze(1), -math.inf)
+                one_hot = torch.nn.functional.one_hot(category, num_categories).to(torch.float64)
+                taken = (log_share.exp().unsqueeze(-1) * one_hot.unsqueeze(0)).sum(1)  # (m,) + batch + (C,)
+                weight = _restricted(weight, taken)
+            empty = weight.sum(-1, keepdim=True) <= 0  # C holds everything below the prefix: any value (weight 0)
+            weight = torch.where(empty, log_p[..., latent, :].exp(), weight)
+            noise = _gumbel(weight.shape, weight.dtype, weight.device)
+            value = (weight.log() + noise).argmax(-1)  # (m,) + batch: a draw from the restricted conditional
+            self.psi = self.psi + log_p[..., latent, :].gather(-1, value.unsqueeze(-1)).squeeze(-1)
+            if self.summed is not None:
+                self.match = self.match & (category.unsqueeze(0) == value.unsqueeze(1))
+            chosen.append(value)
+        self.order.append(name)
+        self.values[name] = torch.stack(chosen, -1).reshape((m,) + batch + latents)
+
+
+def _restricted(weight, taken):
+    """``q(c | u)`` less the conditional mass of the summed sequences below ``(u, c)``, never negative."""
+    # a value whose sequences are all summed has weight 0, not the rounding error of the difference
+    return torch.where(taken >= weight * (1 - 1e-12), torch.zeros_like(weight), weight - taken)
 
 
 def _gather_beams(tensor, parent):

@@ -186,7 +186,6 @@ class CARMSSampler(CopulaSampler):
             value = torch.nn.functional.one_hot(value, first.shape[-1]).to(first.dtype)
         msg["value"] = value
 
-
     def _check_pair_memory(self, name, probs):
         # every ordered pair of particles gets a weight per latent: n * n * latents numbers (and their category
         # indices), quadratic in the particles by the method's construction; the orders' arithmetic is chunked

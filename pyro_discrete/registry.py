@@ -525,7 +525,6 @@ def _register_builtins():
             particles=4,
             compilable=False,
             vectorized_only=True,
-            single_site=True,
             cost="set",
             evaluations=_distinct,
             for_evaluations=_set_size,

@@ -27,6 +27,32 @@ class SumAndSampleSampler(SetSampler):
         super().__init__(elbo)
         self.num_summed, self.num_sampled = elbo.num_summed, elbo.num_sampled
 
+    def search_sequences(self, guide, step):
+        # several discrete sites: C by a beam search without noise over the joint sequences (the k most probable
+        # prefixes kept at every latent: a function of the guide's distributions, which is all the estimator
+        # needs of C), then m sequences drawn ancestrally from the guide restricted to the sequences outside C
+        from .beam import RestSequences, SequenceBeams
+
+        k, m = self.num_summed, self.num_sampled
+        summed = None
+        if k:
+            summed = SequenceBeams(self.elbo, self.num, stochastic=False, width=k)
+            summed.search(guide, step.args, step.kwargs, self.num_discrete)
+        if not m:
+            self.num_summed_here = summed.phi.shape[0]
+            self.log_p, self.log_rest = self._padded(summed.phi), summed.discarded
+            return summed
+        rest = RestSequences(self.elbo, self.num, summed, m)
+        rest.search(guide, step.args, step.kwargs, self.num_discrete)
+        sampled = rest.psi.to(rest.dtype)
+        if summed is None:
+            self.num_summed_here = 0
+            self.log_p, self.log_rest = self._padded(sampled), sampled.new_zeros(sampled.shape[1:])
+        else:
+            self.num_summed_here = summed.phi.shape[0]
+            self.log_p, self.log_rest = self._padded(torch.cat([summed.phi, sampled])), summed.discarded
+        return rest
+
     def draw_set(self, log_p, name):
         K, C = log_p.shape[-2:]
         support = C**K
@@ -104,8 +130,12 @@ class SumAndSampleELBO(DiscreteELBO):
     For a ``.to_event`` site the ``k`` most probable *joint* values are found
     by a beam search (exact for independent latents), and the draws from the
     rest by a stochastic beam search of ``k + 1`` values, whose first value
-    outside :math:`C` is an exact draw. The same structures as
-    :class:`~pyro_discrete.UnorderedSetELBO` are supported.
+    outside :math:`C` is an exact draw. A guide with several discrete sites (in
+    the same plates, each possibly depending on the earlier ones) gets the
+    ``k`` sequences of a beam search without noise across the sites as
+    :math:`C`, and ``m`` sequences drawn ancestrally from the guide restricted
+    to the rest (:class:`~pyro_discrete.beam.RestSequences`). The same
+    structures as :class:`~pyro_discrete.UnorderedSetELBO` are supported.
 
     :param int num_summed: ``k``.
     :param int num_samples: ``m`` (the model runs on ``k + m`` values, vectorized).
@@ -127,7 +157,10 @@ class SumAndSampleELBO(DiscreteELBO):
             raise EstimatorError(self, "num_summed + num_samples must be at least 1")
         self.num_summed, self.num_sampled = num_summed, num_samples
         super().__init__(
-            num_particles=num_summed + num_samples, sampler=SumAndSampleSampler, surrogate=WeightedSamples(), **kwargs
+            num_particles=num_summed + num_samples,
+            sampler=SumAndSampleSampler,
+            surrogate=WeightedSamples(single_site=False),
+            **kwargs,
         )
         if self.num_particles == 1 and self.max_plate_nesting != float("inf"):
             self.max_plate_nesting += 1

@@ -80,6 +80,10 @@ class SetSampler(Sampler):
         self.sites = []
         self.num_discrete = 1
 
+    #: the search across the sites of a guide with several discrete sites (``None`` for one): what
+    #: :meth:`search_sequences` returned, a :class:`~pyro_discrete.beam.SequenceBeams`
+    beams = None
+
     def prepare(self, guide, step):
         counts = self.elbo._discrete_site_counts
         key = (step.model, step.guide)
@@ -89,6 +93,55 @@ class SetSampler(Sampler):
             counts[key] = len(guide_annotations(guide, step.args, step.kwargs, with_sites=True)[1])
         #: the number of discrete guide sites (counted once per model and guide)
         self.num_discrete = counts[key]
+        if self.num_discrete >= 2:
+            self.beams = self.search_sequences(guide, step)
+
+    def search_sequences(self, guide, step):
+        """
+        The set over several discrete guide sites, before the step's run: sets
+        :attr:`log_p` and :attr:`log_rest` and returns the search, whose
+        ``site_value`` the step's guide run takes its values from.
+        """
+        raise EstimatorError(
+            self.elbo,
+            "the guide has {} discrete sites; this estimator draws its set over one site.".format(self.num_discrete),
+            requirement=SINGLE_SITE,
+            suggest=True,
+        )
+
+    def _pyro_sample(self, msg):
+        # the step runs on the subsample the search ran on
+        if self.beams is not None and isinstance(msg["fn"], _Subsample) and msg["name"] in self.beams.subsamples:
+            msg["value"] = self.beams.subsamples[msg["name"]]
+            return
+        super()._pyro_sample(msg)
+
+    def _draw_from_beams(self, msg):
+        name, fn = msg["name"], msg["fn"]
+        if name in self.beams.shared:
+            msg["value"] = self.beams.shared[name]
+        elif name in self.beams.values:
+            msg["value"] = self.beams.site_value(name, fn)
+            if self.site is None:
+                self.site = name
+            self.sites.append(name)
+        elif site_kind(fn) in (BERNOULLI, CATEGORICAL, ONEHOT):
+            raise EstimatorError(
+                self.elbo,
+                "guide site '{}' was not among the discrete sites {} of the guide's earlier runs; the sequences "
+                "are drawn over a fixed set of sites (declare every site on every run, masking the ones a run "
+                "does not use).".format(name, ", ".join("'{}'".format(n) for n in self.beams.order)),
+                sites=(name,),
+                requirement="fixed_discrete_sites",
+                suggest=lambda e: e.cost == "particles",
+            )
+
+    def _padded(self, log_p):
+        # the whole joint support in fewer rows than particles: the other particles repeat a value, weight zero
+        if log_p.shape[0] < self.num:
+            pad = self.num - log_p.shape[0]
+            log_p = torch.cat([log_p, log_p.new_full((pad,) + log_p.shape[1:], -math.inf)])
+        return log_p
 
     # layout: the particle dim of a site's batch, as a positive index
     def particle_index(self, batch_shape):
@@ -102,6 +155,8 @@ class SetSampler(Sampler):
         return tensor.movedim(self.particle_index(batch_shape), 0)
 
     def draw(self, msg):
+        if self.beams is not None:
+            return self._draw_from_beams(msg)
         fn, name = msg["fn"], msg["name"]
         kind = site_kind(fn)
         if kind == CONTINUOUS:
@@ -186,54 +241,13 @@ class UnorderedSetSampler(SetSampler):
     #: ``(log_p, log_rest, log_r1, log_r2)``: the inclusion ratios of the set last asked for
     _ratios = None
 
-    def __init__(self, elbo):
-        super().__init__(elbo)
-        #: the beam search across sites of a guide with several discrete sites (``None`` for one)
-        self.beams = None
-
-    def prepare(self, guide, step):
+    def search_sequences(self, guide, step):
         from .beam import SequenceBeams
 
-        super().prepare(guide, step)
-        if self.num_discrete < 2:
-            return
-        self.beams = SequenceBeams(self.elbo, self.num)
-        self.beams.search(guide, step.args, step.kwargs, self.num_discrete)
-        beams = self.beams
-        log_p = beams.phi
-        if log_p.shape[0] < self.num:  # the whole joint support: the other particles repeat a value, weight zero
-            pad = self.num - log_p.shape[0]
-            log_p = torch.cat([log_p, log_p.new_full((pad,) + log_p.shape[1:], -math.inf)])
-        self.log_p, self.log_rest = log_p, beams.discarded
-
-    def _pyro_sample(self, msg):
-        # the step runs on the subsample the search ran on
-        if self.beams is not None and isinstance(msg["fn"], _Subsample) and msg["name"] in self.beams.subsamples:
-            msg["value"] = self.beams.subsamples[msg["name"]]
-            return
-        super()._pyro_sample(msg)
-
-    def draw(self, msg):
-        if self.beams is None:
-            return super().draw(msg)
-        name, fn = msg["name"], msg["fn"]
-        if name in self.beams.shared:
-            msg["value"] = self.beams.shared[name]
-        elif name in self.beams.values:
-            msg["value"] = self.beams.site_value(name, fn)
-            if self.site is None:
-                self.site = name
-            self.sites.append(name)
-        elif site_kind(fn) in (BERNOULLI, CATEGORICAL, ONEHOT):
-            raise EstimatorError(
-                self.elbo,
-                "guide site '{}' was not among the discrete sites {} of the guide's earlier runs; the sequences "
-                "are drawn over a fixed set of sites (declare every site on every run, masking the ones a run "
-                "does not use).".format(name, ", ".join("'{}'".format(n) for n in self.beams.order)),
-                sites=(name,),
-                requirement="fixed_discrete_sites",
-                suggest=lambda e: e.cost == "particles",
-            )
+        beams = SequenceBeams(self.elbo, self.num)
+        beams.search(guide, step.args, step.kwargs, self.num_discrete)
+        self.log_p, self.log_rest = self._padded(beams.phi), beams.discarded
+        return beams
 
     def draw_set(self, log_p, name):
         K, C = log_p.shape[-2:]

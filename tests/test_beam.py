@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-The unordered set estimator over several discrete guide sites: a stochastic
-beam search across the sites (pyro_discrete.beam), checked against the exact
+The set estimators over several discrete guide sites (pyro_discrete.beam): the
+unordered set estimator by a stochastic beam search across the sites,
+sum-and-sample by a beam search without noise (the summed set) and ancestral
+draws from the guide restricted to the rest; checked against the exact
 gradient (ExpectELBO) on dependent two- and three-site guides.
 """
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 import pyro_discrete.beam as beam
-from pyro_discrete import ExpectELBO, UnorderedSetELBO
+from pyro_discrete import ExpectELBO, SumAndSampleELBO, UnorderedSetELBO
 from pyro_discrete.errors import EstimatorError
 
 from common import check_unbiased, gradient_draws, init_params, reference
@@ -191,3 +193,120 @@ def test_a_continuous_site_before_the_sequence_keeps_its_pathwise_gradient():
     init_params(family)
     stats = gradient_draws(UnorderedSetELBO(num_samples=3), family, num_batches=30, draws_per_batch=40)
     check_unbiased(stats, reference(family), num_se=5.0, what="unordered after a continuous site")
+
+
+# ----------------------------------------------------------------------
+# sum-and-sample over several sites
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("three", [False, True], ids=["two_sites", "three_sites"])
+def test_sum_and_sample_over_the_whole_joint_support_is_exact(three):
+    model, guide = _model(three), _guide(three)
+    exact_loss, exact = _grads(ExpectELBO(max_plate_nesting=1), model, guide)
+    support = 18 if three else 6
+    for k, m in ((support, 0), (support, 1), (support + 3, 2)):
+        loss, grads = _grads(SumAndSampleELBO(num_summed=k, num_samples=m, max_plate_nesting=1), model, guide)
+        assert torch.allclose(loss, exact_loss, atol=1e-5) and torch.allclose(grads, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("three,k,m", [(False, 2, 1), (True, 3, 2), (True, 0, 2)])
+def test_sum_and_sample_unbiased_over_dependent_sites(three, k, m):
+    family = _family(three)
+    init_params(family)
+    elbo = SumAndSampleELBO(num_summed=k, num_samples=m)
+    stats = gradient_draws(elbo, family, num_batches=30, draws_per_batch=40)
+    check_unbiased(stats, reference(family), num_se=5.0, what="sum-and-sample over {} sites".format(3 if three else 2))
+
+
+def _restricted_frequencies(guide, k, m, draws):
+    """The summed set and the counts of the sampled sequences (a, b, c) of data point 0, over ``draws`` steps."""
+    from pyro_discrete.sum_and_sample import SumAndSampleSampler
+
+    elbo = SumAndSampleELBO(num_summed=k, num_samples=m, max_plate_nesting=1)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide()
+    searches = []
+    original = SumAndSampleSampler.search_sequences
+
+    def recording(self, guide, step):
+        searches.append(original(self, guide, step))
+        return searches[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SumAndSampleSampler, "search_sequences", recording)
+        for _ in range(draws):
+            elbo.loss(_model(True), guide)
+    summed, counts = None, {}
+    for beams in searches:
+        summed = {tuple(int(beams.summed.values[n][j, 0]) for n in "abc") for j in range(k)}
+        for i in range(m):
+            key = tuple(int(beams.values[n][i, 0]) for n in "abc")
+            counts[key] = counts.get(key, 0) + 1
+    return summed, counts
+
+
+def test_sum_and_sample_draws_the_rest_from_the_restricted_guide():
+    # the sampled sequences of data point 0 against q(z | z not in C), C the summed set, by exact enumeration
+    import itertools
+
+    guide = _guide(True)
+    k, m, draws = 4, 40, 30
+    summed, counts = _restricted_frequencies(guide, k, m, draws)
+    assert len(summed) == k and not set(counts) & summed  # no sampled sequence is a summed one
+    qa = pyro.param("qa").detach()[0].log_softmax(-1)
+    qb, qc = pyro.param("qb").detach()[0], pyro.param("qc").detach()[0]
+    prob = {}
+    for a, b, c in itertools.product(range(3), range(2), range(3)):
+        lb = torch.distributions.Bernoulli(logits=qb + 0.7 * a).log_prob(torch.tensor(float(b)))
+        lc = (qc + b * torch.tensor([1.0, -1.0, 0.5])).log_softmax(-1)[c]
+        prob[(a, b, c)] = float((qa[a] + lb + lc).exp())
+    # C is the k most probable prefixes kept at every latent: here the k most probable sequences
+    assert summed == set(sorted(prob, key=prob.get)[-k:])
+    rest = 1 - sum(prob[s] for s in summed)
+    total = draws * m
+    for key, p in prob.items():
+        if key in summed:
+            continue
+        expected = total * p / rest
+        se = (total * (p / rest) * (1 - p / rest)) ** 0.5
+        assert abs(counts.get(key, 0) - expected) < 5 * se + 1, (key, counts.get(key, 0), expected)
+
+
+def test_sum_and_sample_float32_with_extreme_logits_is_finite():
+    model, guide = _model(True), _guide(True, scale=60.0)
+    for k, m in ((2, 2), (0, 2), (4, 1)):
+        loss, grads = _grads(SumAndSampleELBO(num_summed=k, num_samples=m, max_plate_nesting=1), model, guide)
+        assert torch.isfinite(loss) and torch.isfinite(grads).all()
+
+
+def test_sum_and_sample_runs_the_guide_twice_per_site_before_the_step():
+    runs = {"guide": 0, "model": 0}
+    model, guide = _model(True), _guide(True)
+
+    def counted_model():
+        runs["model"] += 1
+        model()
+
+    def counted_guide():
+        runs["guide"] += 1
+        guide()
+
+    elbo = SumAndSampleELBO(num_summed=2, num_samples=2, max_plate_nesting=1)
+    pyro.clear_param_store()
+    elbo.loss_and_grads(counted_model, counted_guide)
+    runs.update(guide=0, model=0)
+    elbo.loss_and_grads(counted_model, counted_guide)
+    # the search for the summed set and the draws from the rest: a partial guide run per site each
+    assert runs == {"guide": 3 + 3 + 1, "model": 1}
+
+
+def test_the_tests_fail_when_the_rest_is_drawn_from_the_unrestricted_guide(monkeypatch):
+    # the bug the rest sampler can have: drawing from q instead of q restricted outside the summed set
+    monkeypatch.setattr(beam, "_restricted", lambda weight, taken: weight)
+    summed, counts = _restricted_frequencies(_guide(True), 4, 40, 3)
+    assert set(counts) & summed  # summed sequences drawn again
+    family = _family(True)
+    init_params(family)
+    stats = gradient_draws(SumAndSampleELBO(num_summed=3, num_samples=2), family, num_batches=15, draws_per_batch=40)
+    with pytest.raises(AssertionError, match="biased beyond"):
+        check_unbiased(stats, reference(family), num_se=5.0, what="unrestricted rest")
