@@ -139,6 +139,28 @@ def run(name, make, train, test, args):
     return row
 
 
+def interleaved_timing(rows, chosen, train, args, steps=10, rounds=5):
+    """ms per step of each estimator, timed in turns in one process (so that every one sees the same machine)."""
+    svis = {}
+    for row in rows:
+        pyro.clear_param_store()
+        code = SequenceCode()
+        svis[row["estimator"]] = SVI(code.model, code.guide, Adam({"lr": 3e-3}), chosen[row["estimator"]]())
+    x = train[: args.batch]
+    for svi in svis.values():
+        for _ in range(2):
+            svi.step(x)
+    times = {name: [] for name in svis}
+    for _ in range(rounds):
+        for name, svi in svis.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                svi.step(x)
+            times[name].append(1000 * (time.perf_counter() - start) / steps)
+    for row in rows:
+        row["ms per step"] = sorted(times[row["estimator"]])[rounds // 2]
+
+
 def _progress(total, name, quiet):
     try:
         from tqdm import tqdm
@@ -158,7 +180,7 @@ def _progress(total, name, quiet):
 
 def write(rows, args):
     os.makedirs(args.out, exist_ok=True)
-    fields = ["estimator", "evaluations", "encoder variance", "test -ELBO", "seconds", "refused with"]
+    fields = ["estimator", "evaluations", "encoder variance", "test -ELBO", "seconds", "ms per step", "refused with"]
     with open(os.path.join(args.out, "sequence.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -169,18 +191,25 @@ def write(rows, args):
         "`python examples/sequence.py --steps {} --evaluations {}` (see its docstring): {} model evaluations "
         "per step for every estimator; encoder gradient variance per image ({} draws, after {} leave-one-out "
         "steps), test -ELBO per image (Trace_ELBO's estimate, 20 samples) after {} steps of batch {}, Adam "
-        "3e-3.".format(args.steps, args.evaluations, args.evaluations, args.draws, args.warmup, args.steps, args.batch),
+        "3e-3. *seconds*: the training run's wall time (other jobs may have shared the cores); *ms per step*: "
+        "the median of 5 rounds of 10 steps, the estimators timed in turns in one process after training, and its "
+        "ratio to leave-one-out's.".format(
+            args.steps, args.evaluations, args.evaluations, args.draws, args.warmup, args.steps, args.batch
+        ),
         "",
-        "| estimator | encoder variance | test -ELBO | seconds | refused with |",
-        "|---|---|---|---|---|",
+        "| estimator | encoder variance | test -ELBO | seconds | ms per step | ratio to leave-one-out | refused with |",
+        "|---|---|---|---|---|---|---|",
     ]
+    loo = next((r["ms per step"] for r in rows if r["estimator"] == "loo" and "ms per step" in r), None)
     for r in rows:
         lines.append(
-            "| {} | {} | {} | {} | {} |".format(
+            "| {} | {} | {} | {} | {} | {} | {} |".format(
                 r["estimator"],
                 "{:.4g}".format(r["encoder variance"]) if "encoder variance" in r else "",
                 "{:.2f}".format(r["test -ELBO"]) if "test -ELBO" in r else "",
                 "{:.1f}".format(r["seconds"]) if "seconds" in r else "",
+                "{:.1f}".format(r["ms per step"]) if "ms per step" in r else "",
+                "{:.2f}".format(r["ms per step"] / loo) if "ms per step" in r and loo else "",
                 r.get("refused with", ""),
             )
         )
@@ -198,7 +227,7 @@ def _plot(rows, path):
     except ImportError:  # pragma: no cover
         return
     done = [r for r in rows if "test -ELBO" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
     names = [r["estimator"] for r in done]
     axes[0].bar(names, [r["encoder variance"] for r in done], color="tab:blue")
     axes[0].set_yscale("log")
@@ -207,6 +236,8 @@ def _plot(rows, path):
     low = min(r["test -ELBO"] for r in done)
     axes[1].set_ylim(low - 2, max(r["test -ELBO"] for r in done) + 1)
     axes[1].set_title("test -ELBO per image", fontsize=9)
+    axes[2].bar(names, [r.get("ms per step", 0) for r in done], color="tab:green")
+    axes[2].set_title("ms per step (in turns, one process)", fontsize=9)
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8, rotation=30)
     fig.tight_layout()
@@ -234,6 +265,7 @@ def main(argv=None):
         row = run(name, chosen[name], train, test, args)
         print(row, flush=True)
         rows.append(row)
+    interleaved_timing([r for r in rows if "seconds" in r], chosen, train, args)
     write(rows, args)
     print("wrote", os.path.join(args.out, "sequence.md"))
     return 0

@@ -199,6 +199,24 @@ def test_a_continuous_site_before_the_sequence_keeps_its_pathwise_gradient():
 # sum-and-sample over several sites
 # ----------------------------------------------------------------------
 @pytest.mark.parametrize("three", [False, True], ids=["two_sites", "three_sites"])
+def test_the_whole_joint_support_is_exact_in_float64(three):
+    # both set estimators at the whole joint support against ExpectELBO, to 1e-6 in float64
+    model, guide = _model(three), _guide(three)
+    support = 18 if three else 6
+    torch.set_default_dtype(torch.float64)
+    try:
+        exact_loss, exact = _grads(ExpectELBO(max_plate_nesting=1), model, guide)
+        for elbo in (
+            UnorderedSetELBO(num_samples=support, max_plate_nesting=1),
+            SumAndSampleELBO(num_summed=support, num_samples=1, max_plate_nesting=1),
+        ):
+            loss, grads = _grads(elbo, model, guide)
+            assert abs(float(loss - exact_loss)) < 1e-6 and float((grads - exact).abs().max()) < 1e-6
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("three", [False, True], ids=["two_sites", "three_sites"])
 def test_sum_and_sample_over_the_whole_joint_support_is_exact(three):
     model, guide = _model(three), _guide(three)
     exact_loss, exact = _grads(ExpectELBO(max_plate_nesting=1), model, guide)
