@@ -189,7 +189,8 @@ def median(values):
     return statistics.median(values)
 
 
-def write_table(rows, name, columns):
+def write_table(rows, name, columns, preamble=()):
+    """``RESULTS/name.{csv,md}`` from ``rows`` (dicts); the Markdown opens with the lines of ``preamble``."""
     os.makedirs(RESULTS, exist_ok=True)
     csv_path = os.path.join(RESULTS, name + ".csv")
     with open(csv_path, "w", newline="") as f:
@@ -199,6 +200,7 @@ def write_table(rows, name, columns):
             writer.writerow({c: row.get(c, "") for c in columns})
     md_path = os.path.join(RESULTS, name + ".md")
     with open(md_path, "w") as f:
+        f.writelines(line + "\n" for line in preamble)
         f.write("| " + " | ".join(columns) + " |\n")
         f.write("|" + "---|" * len(columns) + "\n")
         for row in rows:

@@ -35,7 +35,7 @@ from pyro.optim import Adam  # noqa: E402
 from pyro_discrete.errors import EstimatorError  # noqa: E402
 from pyro_discrete.registry import REGISTRY  # noqa: E402
 
-from bench_common import RESULTS, BernoulliVAE, DiscreteVAE, benchmark_data  # noqa: E402
+from bench_common import RESULTS, BernoulliVAE, DiscreteVAE, benchmark_data, write_table  # noqa: E402
 from run_benchmarks import memory_use  # noqa: E402
 
 PARTICLES = (4, 8, 16, 32)
@@ -98,7 +98,6 @@ def main(argv=None):
             flush=True,
         )
     columns = ["estimator", "model"] + ["peak MB at {}".format(n) for n in PARTICLES] + ["growth exponent"]
-    os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, "memory_scaling.csv")
     if os.path.exists(path):  # a run for some estimators keeps the others' rows, in registry order
         with open(path) as f:
@@ -111,11 +110,7 @@ def main(argv=None):
     for r in rows:
         r["quadratic by construction"] = QUADRATIC.get(r["estimator"], "")
     columns.append("quadratic by construction")
-    with open(os.path.join(RESULTS, "memory_scaling.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
+    preamble = [
         "# Peak memory against particles",
         "",
         "Data: {}, batch 64; peak tensor memory of one SVI step (MB), each estimator with its registered options "
@@ -125,16 +120,9 @@ def main(argv=None):
             source, PARTICLES[1], PARTICLES[-1]
         ),
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
     ]
-    for r in rows:
-        lines.append(
-            "| " + " | ".join("{:.2f}".format(r[c]) if isinstance(r[c], float) else str(r[c]) for c in columns) + " |"
-        )
-    with open(os.path.join(RESULTS, "memory_scaling.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", os.path.join(RESULTS, "memory_scaling.md"))
+    _, md = write_table(rows, "memory_scaling", columns, preamble)
+    print("wrote", md)
     return 0
 
 

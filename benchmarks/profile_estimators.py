@@ -50,7 +50,7 @@ from pyro.optim import Adam  # noqa: E402
 
 from pyro_discrete.registry import REGISTRY  # noqa: E402
 
-from bench_common import RESULTS, BernoulliVAE, DiscreteVAE, benchmark_data  # noqa: E402
+from bench_common import RESULTS, BernoulliVAE, DiscreteVAE, benchmark_data, write_table  # noqa: E402
 from run_benchmarks import memory_use  # noqa: E402
 
 #: estimator -> (model, registry options; "categorical": the 2x10 tutorial VAE, "bernoulli": the 200-Bernoulli VAE)
@@ -267,11 +267,7 @@ def main(argv=None):
         ):
             columns.remove(column)
             columns.insert(columns.index(after), column)
-    with open(os.path.join(RESULTS, "profile_estimators.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
+    preamble = [
         "# Where the step of the expensive estimators goes",
         "",
         "Data: {}. Each estimator with its registered options, next to leave-one-out with as many particles as "
@@ -285,16 +281,9 @@ def main(argv=None):
         "before the optimizations (`--before`, PYTHONPATH at that commit). `python benchmarks/profile_estimators.py` "
         "(see its docstring).".format(source, args.threads),
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
     ]
-    for r in rows:
-        lines.append(
-            "| " + " | ".join("{:.2f}".format(r[c]) if isinstance(r[c], float) else str(r[c]) for c in columns) + " |"
-        )
-    with open(os.path.join(RESULTS, "profile_estimators.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("wrote", os.path.join(RESULTS, "profile_estimators.md"))
+    _, md = write_table(rows, "profile_estimators", columns, preamble)
+    print("wrote", md)
     return 0
 
 

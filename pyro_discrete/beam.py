@@ -154,9 +154,13 @@ class SequenceBeams:
         self.frames = None
         self.phi = self.gumbel = self.discarded = None
 
+    def front_values(self, name):
+        """The decided site's values, ``(rows,) + batch + latents``."""
+        return self.values[name]
+
     def site_value(self, name, fn):
         """The value of a decided site for the guide: its beams along the particle dim (padded to ``k`` rows)."""
-        value = self.values[name]
+        value = self.front_values(name)
         if value.shape[0] < self.num:
             value = torch.cat([value, value[:1].expand((self.num - value.shape[0],) + value.shape[1:])])
         kind = site_kind(fn)
@@ -284,33 +288,14 @@ class RestSequences(SequenceBeams):
     def _rows(self):
         return 0 if self.summed is None else self.summed.phi.shape[0]
 
-    def site_value(self, name, fn):
-        value = self.values[name]  # (m,) + batch + latents
-        if self.summed is not None:
-            value = torch.cat([self.summed.values[name], value])
-        if value.shape[0] < self.num:
-            value = torch.cat([value, value[:1].expand((self.num - value.shape[0],) + value.shape[1:])])
-        kind = site_kind(fn)
-        value = value.movedim(0, len(fn.batch_shape) - self.plate_nesting)
-        logits = site_logits(fn)
-        if kind == ONEHOT:
-            return torch.nn.functional.one_hot(value, logits.shape[-1]).to(logits.dtype)
-        if kind == BERNOULLI:
-            return value.to(logits.dtype)
-        return value
+    def front_values(self, name):
+        value = self.values[name]  # (m,) + batch + latents: after C's rows
+        return value if self.summed is None else torch.cat([self.summed.values[name], value])
 
     def _extend(self, msg):
         fn, name = msg["fn"], msg["name"]
         if self.summed is not None and name not in self.summed.values:
-            raise EstimatorError(
-                self.elbo,
-                "guide site '{}' was not among the discrete sites {} of the search for the summed values; the "
-                "sequences are drawn over a fixed set of sites (declare every site on every run, masking the "
-                "ones a run does not use).".format(name, ", ".join("'{}'".format(n) for n in self.summed.order)),
-                sites=(name,),
-                requirement="fixed_discrete_sites",
-                suggest=lambda e: e.cost == "particles",
-            )
+            raise unknown_site_error(self.elbo, name, self.summed.order)
         if self.frames is None:
             self.frames = _frames(msg)
         kind = site_kind(fn)
@@ -352,6 +337,19 @@ class RestSequences(SequenceBeams):
             chosen.append(value)
         self.order.append(name)
         self.values[name] = torch.stack(chosen, -1).reshape((m,) + batch + latents)
+
+
+def unknown_site_error(elbo, name, order):
+    """The error for a discrete guide site that the earlier runs of the same step did not have."""
+    return EstimatorError(
+        elbo,
+        "guide site '{}' was not among the discrete sites {} of the guide's earlier runs; the sequences are "
+        "drawn over a fixed set of sites (declare every site on every run, masking the ones a run does not "
+        "use).".format(name, ", ".join("'{}'".format(n) for n in order)),
+        sites=(name,),
+        requirement="fixed_discrete_sites",
+        suggest=lambda e: e.cost == "particles",
+    )
 
 
 def _restricted(weight, taken):

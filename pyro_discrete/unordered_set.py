@@ -126,15 +126,9 @@ class SetSampler(Sampler):
                 self.site = name
             self.sites.append(name)
         elif site_kind(fn) in (BERNOULLI, CATEGORICAL, ONEHOT):
-            raise EstimatorError(
-                self.elbo,
-                "guide site '{}' was not among the discrete sites {} of the guide's earlier runs; the sequences "
-                "are drawn over a fixed set of sites (declare every site on every run, masking the ones a run "
-                "does not use).".format(name, ", ".join("'{}'".format(n) for n in self.beams.order)),
-                sites=(name,),
-                requirement="fixed_discrete_sites",
-                suggest=lambda e: e.cost == "particles",
-            )
+            from .beam import unknown_site_error
+
+            raise unknown_site_error(self.elbo, name, self.beams.order)
 
     def _padded(self, log_p):
         # the whole joint support in fewer rows than particles: the other particles repeat a value, weight zero

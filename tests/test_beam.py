@@ -111,7 +111,16 @@ def test_float32_with_extreme_logits_is_finite():
     assert torch.isfinite(loss) and torch.isfinite(grads).all()
 
 
-def test_the_guide_runs_once_per_site_before_the_step_and_the_model_once():
+@pytest.mark.parametrize(
+    "make,partial_runs",
+    [
+        (lambda: UnorderedSetELBO(num_samples=4, max_plate_nesting=1), 3),
+        # the search for the summed set, then the draws from the rest: a partial guide run per site each
+        (lambda: SumAndSampleELBO(num_summed=2, num_samples=2, max_plate_nesting=1), 6),
+    ],
+    ids=["unordered", "sum_and_sample"],
+)
+def test_the_guide_runs_per_site_before_the_step_and_the_model_once(make, partial_runs):
     runs = {"guide": 0, "model": 0}
     model, guide = _model(True), _guide(True)
 
@@ -123,12 +132,12 @@ def test_the_guide_runs_once_per_site_before_the_step_and_the_model_once():
         runs["guide"] += 1
         guide()
 
-    elbo = UnorderedSetELBO(num_samples=4, max_plate_nesting=1)
+    elbo = make()
     pyro.clear_param_store()
     elbo.loss_and_grads(counted_model, counted_guide)  # the first step also counts the sites and analyzes
     runs.update(guide=0, model=0)
     elbo.loss_and_grads(counted_model, counted_guide)
-    assert runs == {"guide": 3 + 1, "model": 1}
+    assert runs == {"guide": partial_runs + 1, "model": 1}
     assert elbo.num_evaluations == 4
 
 
@@ -295,27 +304,6 @@ def test_sum_and_sample_float32_with_extreme_logits_is_finite():
     for k, m in ((2, 2), (0, 2), (4, 1)):
         loss, grads = _grads(SumAndSampleELBO(num_summed=k, num_samples=m, max_plate_nesting=1), model, guide)
         assert torch.isfinite(loss) and torch.isfinite(grads).all()
-
-
-def test_sum_and_sample_runs_the_guide_twice_per_site_before_the_step():
-    runs = {"guide": 0, "model": 0}
-    model, guide = _model(True), _guide(True)
-
-    def counted_model():
-        runs["model"] += 1
-        model()
-
-    def counted_guide():
-        runs["guide"] += 1
-        guide()
-
-    elbo = SumAndSampleELBO(num_summed=2, num_samples=2, max_plate_nesting=1)
-    pyro.clear_param_store()
-    elbo.loss_and_grads(counted_model, counted_guide)
-    runs.update(guide=0, model=0)
-    elbo.loss_and_grads(counted_model, counted_guide)
-    # the search for the summed set and the draws from the rest: a partial guide run per site each
-    assert runs == {"guide": 3 + 3 + 1, "model": 1}
 
 
 def test_the_tests_fail_when_the_rest_is_drawn_from_the_unrestricted_guide(monkeypatch):
