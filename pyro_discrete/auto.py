@@ -33,14 +33,20 @@ An ELBO whose own estimator does not mix per site (VarGrad's and VIMCO's
 objectives, the replaying and relaxed estimators) keeps its own method for
 every site, and says so. :func:`choose` returns the choice with the reason for
 each site; :meth:`~pyro_discrete.elbo.DiscreteELBO.site_methods` shows it for
-a model and guide.
+a model and guide. :func:`refine` measures the choice against the alternatives
+on the user's own model and data (gradient variance times time per step) and
+returns the one to use.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .util import BERNOULLI
 
-__all__ = ["AUTO_ENUMERATION_BUDGET", "SiteChoice", "choose"]
+__all__ = ["AUTO_ENUMERATION_BUDGET", "REFINE_CANDIDATES", "Refinement", "SiteChoice", "choose", "refine"]
+
+#: what :func:`refine` measures by default: the structural choice, and each site method that mixes per site
+#: under the ELBO objective applied to every discrete site
+REFINE_CANDIDATES = ("auto", "loo", "arsm", "coupled_disarm", "arms", "carms")
 
 #: ``"auto"`` enumerates sites while the product of their supports (per plate element) stays within this
 AUTO_ENUMERATION_BUDGET = 64
@@ -167,3 +173,86 @@ def choose(elbo, structure, broadcasts=True, names=None, budget=AUTO_ENUMERATION
                 )
                 choices[name] = SiteChoice(name, sampled, why)
     return {name: choices[name] for name in names}
+
+
+@dataclass
+class Refinement:
+    """
+    What :func:`refine` measured: one row per candidate, and the chosen one.
+
+    :ivar str best: the candidate with the lowest ``variance * ms_per_step``;
+        ``config_estimator(guide, refinement.best)`` applies it.
+    :ivar list rows: dicts with ``candidate``, ``methods`` (site: method),
+        ``variance``, ``ms_per_step``, ``score`` and ``refused`` (the
+        :class:`~pyro_discrete.errors.EstimatorError` of a candidate the ELBO
+        refused on this model, ``None`` otherwise).
+    """
+
+    best: str
+    rows: list = field(default_factory=list)
+
+    def __str__(self):
+        lines = ["| candidate | methods | variance | ms per step | variance x ms | |", "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            if r["refused"] is not None:
+                lines.append("| {} | – | – | – | – | refused: {} |".format(r["candidate"], r["refused"].requirement))
+                continue
+            lines.append(
+                "| {} | {} | {:.4g} | {:.2f} | {:.4g} | {} |".format(
+                    r["candidate"],
+                    ", ".join("{}: {}".format(k, v) for k, v in r["methods"].items()),
+                    r["variance"],
+                    r["ms_per_step"],
+                    r["score"],
+                    "chosen" if r["candidate"] == self.best else "",
+                )
+            )
+        return "\n".join(lines)
+
+
+def refine(elbo, model, guide, *args, candidates=REFINE_CANDIDATES, num_draws=50, params=None, **kwargs):
+    """
+    Measures per-site specs on the user's model and data and picks the one
+    with the lowest gradient variance times time per step (the variance at
+    equal time): each candidate -- ``"auto"`` or a registry name, applied to
+    every discrete guide site with :func:`~pyro_discrete.config_estimator` --
+    gets ``num_draws`` gradient draws and a timing at the current parameters
+    through :func:`~pyro_discrete.diagnostics.gradient_statistics`; nothing is
+    trained and the ELBO's state is not advanced. A candidate the ELBO refuses
+    on this model (an :class:`~pyro_discrete.errors.EstimatorError`, e.g. a
+    replaying method on a site another guide site depends on) is a row that
+    says why.
+
+    :param elbo: the ELBO to train with (its own estimator for the sites a
+        candidate does not annotate).
+    :param candidates: the specs to measure.
+    :param int num_draws: gradient draws per candidate.
+    :param params: the parameters whose gradient variance counts (default:
+        every parameter the ELBO touches).
+    :returns: a :class:`Refinement`.
+    """
+    from .diagnostics import gradient_statistics
+    from .errors import EstimatorError
+    from .per_site import config_estimator
+
+    rows = []
+    for candidate in candidates:
+        annotated = config_estimator(guide, candidate)
+        row = {"candidate": candidate, "refused": None}
+        try:
+            row["methods"] = {c.site: c.method for c in elbo.site_methods(model, annotated, *args, **kwargs)}
+            stats = gradient_statistics(
+                elbo, model, annotated, *args, num_draws=num_draws, params=params, timing_repeats=3, **kwargs
+            )
+        except EstimatorError as error:
+            row["refused"] = error
+            rows.append(row)
+            continue
+        row["variance"] = stats.total_variance
+        row["ms_per_step"] = 1000 * stats.seconds_per_step
+        row["score"] = row["variance"] * row["ms_per_step"]
+        rows.append(row)
+    measured = [r for r in rows if r["refused"] is None]
+    if not measured:
+        raise rows[0]["refused"]
+    return Refinement(min(measured, key=lambda r: r["score"])["candidate"], rows)
