@@ -28,6 +28,7 @@ Writes ``benchmarks/results/profile_estimators.{csv,md}``::
 
     python benchmarks/profile_estimators.py
     python benchmarks/profile_estimators.py --estimators rodeo,unordered --rounds 3 --threads 1
+    python benchmarks/profile_estimators.py --estimators rodeo,double_cv,rebar,unordered,sum_and_sample --batch 1024
 """
 
 import argparse
@@ -209,6 +210,13 @@ def main(argv=None):
         help="write profile_estimators_before.csv (run with PYTHONPATH at the code before a change); the "
         "main run puts its ms per step and ratio next to its own",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="one batch size for both models (default: 64 for the 2x10 VAE, 100 for the 200-Bernoulli VAE); the "
+        "results go to profile_estimators_b<batch>.{csv,md}",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -221,8 +229,10 @@ def main(argv=None):
             jobs += [(name, kind, {"num_particles": k}) for k in SET_SIZES]
     rows = []
     for name, kind, options in jobs:
-        batch = data[:64] if kind == "categorical" else data[:100]
-        row = profile(name, kind, options, batch, args.steps, args.rounds)
+        size = args.batch or (64 if kind == "categorical" else 100)
+        row = profile(name, kind, options, data[:size], args.steps, args.rounds)
+        if args.batch:
+            row["model"] = row["model"].rsplit(",", 1)[0] + ", batch {}".format(size)
         rows.append(row)
         print(
             "{:>28}: {:.1f} ms ({:.2f}x loo at {} evaluations), {:.0f} MB ({:.2f}x), model/guide {:.0f}%, "
@@ -250,7 +260,7 @@ def main(argv=None):
             writer.writerows(rows)
         print("wrote", before_path)
         return 0
-    if os.path.exists(before_path):
+    if os.path.exists(before_path) and not args.batch:
         with open(before_path) as f:
             before = {r["estimator"]: r for r in csv.DictReader(f)}
         for row in rows:
@@ -277,12 +287,21 @@ def main(argv=None):
         "its inclusion ratios, timed alone at the step's shapes; timed interleaved in one process on "
         "{} CPU thread(s); peak MB: "
         "the largest tensor memory of one step. The shares come from a cProfile run of the same steps, which "
-        "slows Python more than tensor code. The before columns: the same script in the same session on the code "
-        "before the optimizations (`--before`, PYTHONPATH at that commit). `python benchmarks/profile_estimators.py` "
-        "(see its docstring).".format(source, args.threads),
+        "slows Python more than tensor code.{} `python benchmarks/profile_estimators.py` (see its "
+        "docstring).".format(
+            source,
+            args.threads,
+            ""
+            if args.batch
+            else " The before columns: the same script in the same session on the code before the optimizations "
+            "(`--before`, PYTHONPATH at that commit).",
+        ),
         "",
     ]
-    _, md = write_table(rows, "profile_estimators", columns, preamble)
+    name = "profile_estimators" if not args.batch else "profile_estimators_b{}".format(args.batch)
+    if args.batch:
+        preamble[0] += " (batch {})".format(args.batch)
+    _, md = write_table(rows, name, columns, preamble)
     print("wrote", md)
     return 0
 

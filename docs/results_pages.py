@@ -38,6 +38,7 @@ INCLUDED_RESULTS = [
     "examples/sequence",
     "air_vectorized",
     "profile_estimators",
+    "profile_estimators_b1024",
     "memory_scaling",
 ]
 
@@ -56,6 +57,8 @@ COMMAND_OVERRIDES = {
     "toys": "python examples/toys.py --draws 2000 --grid 2,4,16,64,256,1024",
     "concrete_shapes": "python examples/concrete_shapes.py",
     "sequence": "python examples/sequence.py",
+    "profile_estimators_b1024": "python benchmarks/profile_estimators.py --estimators rodeo,double_cv,rebar,"
+    "unordered,sum_and_sample --batch 1024 --rounds 3",
     "air": "python examples/air.py --steps 5000 (and --elbo tracegraph)",
     "random_structures_per_site": "python benchmarks/random_structures.py --seeds 0:300 --estimators auto,mix "
     "--no-control --out benchmarks/results/random_structures_per_site",
