@@ -101,7 +101,7 @@ TARGETS = {
     "indecater": (1.0, "none: a replay is a model evaluation (target: no dearer than a particle's)"),
     "rebar": (2.0, "the relaxed evaluations' backward pass, the control variate's variance gradient"),
     "gumbel_rao": (None, "biased; 1 evaluation and 10 Rao samples of the relaxation"),
-    "unordered": (2.0, "the inclusion ratios: an integral on a 720-point grid per sample and pair (in the floor)"),
+    "unordered": (2.0, "the inclusion ratios: an integral on a 360-point grid per sample and pair (in the floor)"),
     "sum_and_sample": (1.5, "the top-k of the joint and one draw outside it"),
 }
 

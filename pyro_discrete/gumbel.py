@@ -165,9 +165,45 @@ def top_k_joint(log_p, k):
     return history.movedim(-2, 0), phi.movedim(-1, 0), discarded
 
 
-#: the integration grid of :func:`inclusion_log_ratios` (in x = log(-log u)), per point
-_GRID_STEP = 0.05
+#: the integration grid of :func:`inclusion_log_ratios` (in x = log(-log u)), per point: the integrand is analytic
+#: in a strip of half-width about pi / 2, so the sum on a uniform grid converges exponentially in 1 / step; at 0.1
+#: every ratio agrees with a grid of 0.05 to 1e-13 in log (tested on random and extreme sets), at 0.2 to 1e-8
+_GRID_STEP = 0.1
 _GRID_LOW = -30.0
+
+
+#: grid points whose integrand is below the integral's value by more than this (in log) are left out
+_NEGLIGIBLE = 60.0
+#: the stride of the coarse pass that finds the first grid point needed
+_COARSE = 16
+
+
+def _first_needed(x, log_r, possible):
+    r"""
+    The first point of the integration grid ``x`` whose integrand can matter:
+    every integrand of :func:`inclusion_log_ratios` (the full one, and with one
+    or two factors left out) is at most
+    :math:`x + \sum_{j \notin \{s, s'\}} \min(0, x + \log r_j)` (each factor is at most
+    :math:`\min(1, r_j e^x)`), a bound that grows with :math:`x`, and every
+    integral is at least the full integrand at the grid point nearest 0. Points
+    where the bound is :math:`e^{-60}` below that, for every element, change no
+    integral beyond the double's rounding (at most a few hundred of them), and are
+    left out; they are the low tail of the grid, found on a coarse pass.
+    """
+    k = log_r.shape[0]
+    coarse = x[::_COARSE].reshape((-1,) + (1,) * log_r.dim())
+    mins = torch.where(possible, (coarse + log_r).clamp(max=0.0), torch.zeros_like(coarse + log_r))  # (g, k, ...)
+    drop = min(k, 2)
+    bound = coarse.squeeze(1) + mins.sum(1) - mins.topk(drop, dim=1, largest=False).values.sum(1)
+    ref = x[x.abs().argmin()]
+    a = ref + log_r
+    t = torch.where(a < -20.0, a - torch.exp(a) / 2, torch.log(-torch.expm1(-torch.exp(a))))
+    reference = ref - torch.exp(ref) + torch.where(possible, t, torch.zeros_like(t)).sum(0)
+    gap = (bound - reference).reshape(bound.shape[0], -1).amax(-1)  # (g,): nondecreasing
+    needed = (gap >= -_NEGLIGIBLE).nonzero()
+    if len(needed) == 0:
+        return 0
+    return max(0, int(needed[0]) - 1) * _COARSE
 
 
 def inclusion_log_ratios(log_p_sample, log_rest, second_order=True):
@@ -199,6 +235,7 @@ def inclusion_log_ratios(log_p_sample, log_rest, second_order=True):
     log_rest_safe = torch.where(exhaustive, torch.zeros_like(log_rest), log_rest)
     log_r = torch.where(possible, log_p - log_rest_safe, torch.zeros_like(log_p))  # log(p(s) / rho)
     x = torch.arange(_GRID_LOW, math.log(k + 1) + 4.0, _GRID_STEP, dtype=torch.float64, device=log_p.device)
+    x = x[_first_needed(x, log_r, possible) :]
     x = x.reshape((-1,) + (1,) * log_p.dim())  # (G, 1, 1...)
     # log of each factor, (G, k, batch...): log(1 - exp(-exp(a))), a = x + log r; for a << 0 it is
     # a - exp(a) / 2 + ..., which also never underflows to -inf
