@@ -154,6 +154,15 @@ class SequenceBeams:
         self.frames = None
         self.phi = self.gumbel = self.discarded = None
 
+    def _front_log_probs(self, fn):
+        """``(log_p, batch, latents)``: the site's log-probabilities, ``(particles,) + batch + latents + (C,)``."""
+        logits = site_logits(fn).detach()
+        if site_kind(fn) == BERNOULLI:
+            logits = torch.stack([-logits, logits], -1) / 2
+        log_p = logits.log_softmax(-1).movedim(len(fn.batch_shape) - self.plate_nesting, 0)
+        latents = latent_shape(fn)
+        return log_p, log_p.shape[1 : log_p.dim() - len(latents) - 1], latents
+
     def front_values(self, name):
         """The decided site's values, ``(rows,) + batch + latents``."""
         return self.values[name]
@@ -208,15 +217,7 @@ class SequenceBeams:
                 requirement=SAME_PLATES,
                 suggest=lambda e: e.cost != "set",
             )
-        kind = site_kind(fn)
-        logits = site_logits(fn).detach()
-        if kind == BERNOULLI:
-            logits = torch.stack([-logits, logits], -1) / 2
-        log_p = logits.log_softmax(-1)
-        j = len(fn.batch_shape) - self.plate_nesting
-        log_p = log_p.movedim(j, 0)  # (k,) + batch + latents + (C,)
-        latents = latent_shape(fn)
-        batch = log_p.shape[1 : log_p.dim() - len(latents) - 1]
+        log_p, batch, latents = self._front_log_probs(fn)  # (k,) + batch + latents + (C,)
         num_categories = log_p.shape[-1]
         if self.phi is None:  # the first site: one root beam
             log_p = log_p[:1]
@@ -298,15 +299,9 @@ class RestSequences(SequenceBeams):
             raise unknown_site_error(self.elbo, name, self.summed.order)
         if self.frames is None:
             self.frames = _frames(msg)
-        kind = site_kind(fn)
-        logits = site_logits(fn).detach()
-        self.dtype = logits.dtype
-        if kind == BERNOULLI:
-            logits = torch.stack([-logits, logits], -1) / 2
-        log_p = logits.log_softmax(-1).to(torch.float64)
-        log_p = log_p.movedim(len(fn.batch_shape) - self.plate_nesting, 0)  # (n,) + batch + latents + (C,)
-        latents = latent_shape(fn)
-        batch = log_p.shape[1 : log_p.dim() - len(latents) - 1]
+        log_p, batch, latents = self._front_log_probs(fn)  # (n,) + batch + latents + (C,)
+        self.dtype = log_p.dtype
+        log_p = log_p.to(torch.float64)
         num_categories = log_p.shape[-1]
         rows, m = self._rows(), self.num_sampled
         # the draws' rows: (m,) + batch + (L, C)

@@ -178,6 +178,14 @@ _NEGLIGIBLE = 60.0
 _COARSE = 16
 
 
+def _log_factor(a):
+    """``log(1 - exp(-exp(a)))``, each factor of the inclusion integrals' integrand, in float64."""
+    # log(-expm1(-u)), u = exp(a), is accurate to the double's absolute precision for every u that does not
+    # underflow (a > -700); below a = -20 it is a - u / 2 to that precision, and stays finite
+    u = torch.exp(a)
+    return torch.where(a < -20.0, a - u / 2, torch.log(-torch.expm1(-u)))
+
+
 def _first_needed(x, log_r, possible):
     r"""
     The first point of the integration grid ``x`` whose integrand can matter:
@@ -196,8 +204,7 @@ def _first_needed(x, log_r, possible):
     drop = min(k, 2)
     bound = coarse.squeeze(1) + mins.sum(1) - mins.topk(drop, dim=1, largest=False).values.sum(1)
     ref = x[x.abs().argmin()]
-    a = ref + log_r
-    t = torch.where(a < -20.0, a - torch.exp(a) / 2, torch.log(-torch.expm1(-torch.exp(a))))
+    t = _log_factor(ref + log_r)
     reference = ref - torch.exp(ref) + torch.where(possible, t, torch.zeros_like(t)).sum(0)
     gap = (bound - reference).reshape(bound.shape[0], -1).amax(-1)  # (g,): nondecreasing
     needed = (gap >= -_NEGLIGIBLE).nonzero()
@@ -239,11 +246,7 @@ def inclusion_log_ratios(log_p_sample, log_rest, second_order=True):
     x = x.reshape((-1,) + (1,) * log_p.dim())  # (G, 1, 1...)
     # log of each factor, (G, k, batch...): log(1 - exp(-exp(a))), a = x + log r; for a << 0 it is
     # a - exp(a) / 2 + ..., which also never underflows to -inf
-    a = x + log_r.unsqueeze(0)
-    # log(1 - exp(-u)), u = exp(a): log(-expm1(-u)) is accurate to the double's absolute precision for every
-    # u that does not underflow (a > -700); below a = -20 it is a - u / 2 to that precision, and stays finite
-    u = torch.exp(a)
-    t = torch.where(a < -20.0, a - u / 2, torch.log(-torch.expm1(-u)))
+    t = _log_factor(x + log_r.unsqueeze(0))
     t = torch.where(possible.unsqueeze(0), t, torch.zeros_like(t))
     base = (x - torch.exp(x)).squeeze(1)  # (G, 1...)
     total = base + t.sum(1)  # (G, batch...)

@@ -34,24 +34,20 @@ class SumAndSampleSampler(SetSampler):
         from .beam import RestSequences, SequenceBeams
 
         k, m = self.num_summed, self.num_sampled
-        summed = None
+        rows, beams = [], None
         if k:
-            summed = SequenceBeams(self.elbo, self.num, stochastic=False, width=k)
+            beams = summed = SequenceBeams(self.elbo, self.num, stochastic=False, width=k)
             summed.search(guide, step.args, step.kwargs, self.num_discrete)
-        if not m:
-            self.num_summed_here = summed.phi.shape[0]
-            self.log_p, self.log_rest = self._padded(summed.phi), summed.discarded
-            return summed
-        rest = RestSequences(self.elbo, self.num, summed, m)
-        rest.search(guide, step.args, step.kwargs, self.num_discrete)
-        sampled = rest.psi.to(rest.dtype)
-        if summed is None:
-            self.num_summed_here = 0
-            self.log_p, self.log_rest = self._padded(sampled), sampled.new_zeros(sampled.shape[1:])
-        else:
-            self.num_summed_here = summed.phi.shape[0]
-            self.log_p, self.log_rest = self._padded(torch.cat([summed.phi, sampled])), summed.discarded
-        return rest
+            rows.append(summed.phi)
+        if m:
+            beams = rest = RestSequences(self.elbo, self.num, beams, m)
+            rest.search(guide, step.args, step.kwargs, self.num_discrete)
+            rows.append(rest.psi.to(rest.dtype))
+        self.num_summed_here = rows[0].shape[0] if k else 0
+        self.log_p = self._padded(torch.cat(rows))
+        # the probability left out of the sum: all of it when nothing is summed
+        self.log_rest = summed.discarded if k else rows[0].new_zeros(rows[0].shape[1:])
+        return beams
 
     def draw_set(self, log_p, name):
         K, C = log_p.shape[-2:]
