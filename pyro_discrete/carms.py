@@ -50,7 +50,7 @@ import torch
 
 from .arms import AntitheticScore, CopulaSampler, apply_masks
 from .elbo import DiscreteELBO
-from .errors import EstimatorError
+from .errors import check_pair_memory
 from .util import BERNOULLI, CATEGORICAL, ONEHOT, latent_shape, site_kind, site_logits
 
 __all__ = [
@@ -191,19 +191,17 @@ class CARMSSampler(CopulaSampler):
         # indices), quadratic in the particles by the method's construction; the orders' arithmetic is chunked
         # (at most a few tensors of _CHUNK_ENTRIES). Refuse what would not fit before allocating it.
         n, elements = self.num, probs[..., 0].numel()
-        needed = n * n * elements * 56 + 8 * 8 * _CHUNK_ENTRIES
-        limit = getattr(self.elbo, "max_pair_bytes", 2**31)
-        if needed > limit:
-            raise EstimatorError(
-                self.elbo,
-                "CARMS weights every pair of its {} particles for each of the {} latents of guide site '{}': about "
-                "{:.1f} GB, growing as the square of the particle count, over max_pair_bytes={:.1f} GB. Use fewer "
-                "particles, coupled DisARM or leave-one-out (linear in the particles), or raise max_pair_bytes if "
-                "memory allows.".format(n, elements, name, needed / 1e9, limit / 1e9),
-                sites=(name,),
-                requirement="memory",
-                alternatives=("coupled_disarm", "loo"),
-            )
+        check_pair_memory(
+            self.elbo,
+            name,
+            n * n * elements * 56 + 8 * 8 * _CHUNK_ENTRIES,
+            getattr(self.elbo, "max_pair_bytes", 2**31),
+            "CARMS weights every pair of its {} particles for each of the {} latents of guide site '{}'".format(
+                n, elements, name
+            ),
+            "coupled DisARM or leave-one-out (linear in the particles)",
+            ("coupled_disarm", "loo"),
+        )
 
 
 class CategoricalCopulaScore(AntitheticScore):

@@ -120,6 +120,27 @@ class EstimatorError(ValueError, NotImplementedError):
         return getattr(self, "_looped", False)
 
 
+def check_pair_memory(elbo, site, needed, limit, what, instead, alternatives):
+    """
+    Raises an :class:`EstimatorError` (requirement ``"memory"``) before a step
+    allocates ``needed`` bytes that grow as the square of the particle count
+    (a method that works on every pair of particles), when they exceed
+    ``limit`` (the ELBO's ``max_pair_bytes``). ``what`` says what the pairs
+    hold, ``instead`` which linear estimators to use.
+    """
+    if needed > limit:
+        raise EstimatorError(
+            elbo,
+            "{}: about {:.1f} GB, growing as the square of the particle count, over max_pair_bytes={:.1f} GB. Use "
+            "fewer particles, {}, or raise max_pair_bytes if memory allows.".format(
+                what, needed / 1e9, limit / 1e9, instead
+            ),
+            sites=(site,),
+            requirement="memory",
+            alternatives=alternatives,
+        )
+
+
 def estimator_error(elbo, message):
     """Prefix an error message with the estimator's name (an ELBO, a class or a string)."""
     return "{}: {}".format(_estimator_name(elbo), message)

@@ -10,7 +10,7 @@ from torch import nn
 from .auxiliary import Auxiliary
 from .costs import broadcast_cost, cost_terms, cost_to_frames
 from .elbo import DiscreteELBO, Surrogate
-from .errors import EstimatorError
+from .errors import EstimatorError, check_pair_memory
 from .samplers import IIDSampler
 from .traces import score_function_sites
 from .util import BERNOULLI, CONTINUOUS, site_kind, site_logits
@@ -137,20 +137,16 @@ class SteinControlVariates(Surrogate):
         # a few numbers kept for the backward pass (measured: 35-58 bytes a point in float32, K = 100-2000).
         # Refuse before allocating what would not fit, rather than let the process be killed.
         K = f.shape[0]
-        needed = K * K * f.shape[1] * (1 + x.shape[-1]) * (10 * f.element_size() + 16)
-        if needed > self.max_pair_bytes:
-            raise EstimatorError(
-                elbo,
-                "RODEO's control variates evaluate their network at every pair of the {} particles for guide site "
-                "'{}' ({} elements of {} bits): about {:.1f} GB, growing as the square of the particle count, "
-                "over max_pair_bytes={:.1f} GB. Use fewer particles, variant='double_cv' (linear in the "
-                "particles), or leave-one-out (TraceScoreELBO), or raise max_pair_bytes if memory allows.".format(
-                    K, name, f.shape[1], x.shape[-1], needed / 1e9, self.max_pair_bytes / 1e9
-                ),
-                sites=(name,),
-                requirement="memory",
-                alternatives=("double_cv", "loo"),
-            )
+        check_pair_memory(
+            elbo,
+            name,
+            K * K * f.shape[1] * (1 + x.shape[-1]) * (10 * f.element_size() + 16),
+            self.max_pair_bytes,
+            "RODEO's control variates evaluate their network at every pair of the {} particles for guide site '{}' "
+            "({} elements of {} bits)".format(K, name, f.shape[1], x.shape[-1]),
+            "variant='double_cv' (linear in the particles), or leave-one-out (TraceScoreELBO)",
+            ("double_cv", "loo"),
+        )
 
     def method(self):
         return "{}({})".format(type(self).__name__, self.variant)
